@@ -1,0 +1,3 @@
+from optiml_engine.cli import main
+
+raise SystemExit(main())

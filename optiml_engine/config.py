@@ -1,0 +1,345 @@
+"""Typed recipe schema, YAML loading and `key.sub=value` overrides.
+
+A recipe is a YAML file with one mapping per section. Every field has a type, a default and a
+one-line doc (`doc(...)`), and may declare allowed `choices` or a numeric range. Anything else is
+rejected with one line naming the file, the key and the allowed values.
+
+These keys are a contract with scripts outside the repository: train.steps, train.seed,
+train.micro_batch_size, train.global_batch_size, data.seq_length, optim.lr, model.dropout,
+precision.dtype, parallel.tp, parallel.pp, parallel.sp, checkpoint.dir, checkpoint.load,
+logging.dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from optiml_engine.errors import OptimlError
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None,
+        factory=None):
+    """A dataclass field with its documentation and constraints kept next to the default."""
+    meta = {"doc": text, "choices": choices, "min": min, "max": max}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    preset: str | None = doc(
+        "published OPT size; fills every unset dimension below",
+        None,
+        choices=[None, "125m", "350m", "1.3b", "2.7b", "6.7b", "13b", "30b", "66b", "175b"],
+    )
+    hf_path: str | None = doc("load initial weights from this local Hugging Face OPT directory", None)
+    vocab_size: int | None = doc("vocabulary size (OPT: 50272)", None, min=8)
+    hidden_size: int | None = doc("model width", None, min=1)
+    num_layers: int | None = doc("decoder layers", None, min=1)
+    num_heads: int | None = doc("attention heads; hidden_size must be divisible by it", None, min=1)
+    ffn_hidden_size: int | None = doc("ReLU FFN width (OPT: 4 x hidden_size)", None, min=1)
+    max_position_embeddings: int | None = doc("learned positions (OPT: 2048)", None, min=1)
+    word_embed_proj_dim: int | None = doc(
+        "embedding width; smaller than hidden_size only in 350M (project_in/out)", None, min=1)
+    pre_layer_norm: bool | None = doc("pre-LN blocks (every OPT but 350M, which is post-LN)", None)
+    dropout: float = doc("dropout on residual branches and embeddings (OPT-IML: 0.1)", 0.1,
+                         min=0.0, max=1.0)
+    attention_dropout: float = doc("dropout on attention probabilities", 0.0, min=0.0, max=1.0)
+    init_std: float = doc("std of the normal initialisation of weights", 0.02, min=0.0)
+
+
+@dataclass
+class DataConfig:
+    train_path: str | None = doc(
+        "training data: a JSONL file of {src, tgt} records, or a built bench directory", None)
+    valid_path: str | None = doc("optional held-out JSONL of {src, tgt} records", None)
+    synthetic: bool = doc(
+        "generate the embedded synthetic instruction set instead of reading train_path", False)
+    synthetic_examples: int = doc("examples the synthetic generator writes", 2000, min=1)
+    tokenizer: str = doc(
+        "'byte' (needs no files), a tokenizer.json, or a directory with vocab.json + merges.txt",
+        "byte")
+    seq_length: int = doc("tokens per packed sample (OPT-IML: 2048)", 2048, min=2)
+    shuffle: bool = doc("shuffle packed samples each epoch (deterministic given train.seed)", True)
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = doc("tensor-parallel size", 1, min=1)
+    pp: int = doc("pipeline-parallel size", 1, min=1)
+    sp: bool = doc("sequence parallelism inside the tensor-parallel group", False)
+    virtual_stages: int = doc("model chunks per pipeline rank (interleaved 1F1B when > 1)", 1, min=1)
+    zero1: bool = doc("shard fp32 master weights and Adam moments over data-parallel ranks", False)
+    recompute: str = doc("activation recomputation", "none", choices=["none", "full"])
+    backend: str = doc("torch.distributed backend", "auto", choices=["auto", "nccl", "gloo"])
+    bucket_mb: float = doc("gradient all-reduce bucket size in MB", 25.0, min=0.0)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc("peak learning rate (OPT-IML: 5e-5)", 5e-5, min=0.0)
+    min_lr: float = doc("learning rate at the end of the decay", 0.0, min=0.0)
+    betas: list[float] = doc("Adam betas", factory=lambda: [0.9, 0.95])
+    eps: float = doc("Adam epsilon", 1e-8, min=0.0)
+    weight_decay: float = doc("decoupled weight decay (not on biases and LayerNorm)", 0.1, min=0.0)
+    clip_grad: float = doc("global gradient-norm clip; 0 disables", 1.0, min=0.0)
+    warmup_steps: int = doc("linear warm-up steps (OPT-IML: 60)", 60, min=0)
+    schedule: str = doc("decay after warm-up", "linear", choices=["linear", "cosine", "constant"])
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: str = doc("compute dtype of the model", "fp32", choices=["fp32", "bf16", "fp16"])
+    initial_loss_scale: float = doc("fp16 dynamic loss scale at start", 2.0**16, min=1.0)
+    loss_scale_window: int = doc("fp16: clean steps before the scale doubles", 1000, min=1)
+    hysteresis: int = doc("fp16: overflows tolerated before the scale halves", 2, min=1)
+    min_loss_scale: float = doc("fp16: the scale never goes below this", 1.0, min=0.0)
+    max_skipped_steps: int = doc("abort after this many consecutive skipped steps", 50, min=1)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = doc("optimizer steps to run", 100, min=1)
+    seed: int = doc("seed for weights, data order and dropout", 1234, min=0)
+    micro_batch_size: int = doc("packed samples per micro-batch per data-parallel rank", 1, min=1)
+    global_batch_size: int = doc(
+        "packed samples per optimizer step over all micro-batches and data-parallel ranks", 8, min=1)
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str | None = doc("where checkpoints are written; none disables saving", None)
+    interval: int = doc("save every N steps (and at the end); 0: only at the end", 0, min=0)
+    load: str | None = doc("'latest' in checkpoint.dir, or a checkpoint path to resume from", None)
+    keep_last: int = doc("checkpoints kept in checkpoint.dir (older ones are deleted)", 2, min=1)
+
+
+@dataclass
+class EvalConfig:
+    interval: int = doc("evaluate every N steps during training; 0 disables", 0, min=0)
+    bench: str | None = doc("bench manifest (or directory) to evaluate on", None)
+    shots: list[int] = doc("numbers of demonstrations to evaluate with", factory=lambda: [0])
+    max_new_tokens: int = doc("greedy decoding budget (OPT-IML: 256)", 256, min=1)
+    max_instances: int = doc("instances per task evaluated (Super-NI: 100)", 100, min=1)
+    batch_size: int = doc("prompts per evaluation batch", 8, min=1)
+
+
+@dataclass
+class KernelsConfig:
+    attention: str = doc("attention backend", "auto",
+                         choices=["auto", "triton", "sdpa", "flash_attn"])
+    cross_entropy: str = doc("masked cross-entropy backend", "auto",
+                             choices=["auto", "triton", "torch"])
+    adamw: str = doc("AdamW backend", "auto", choices=["auto", "cuda", "triton", "apex", "foreach"])
+
+
+@dataclass
+class LoggingConfig:
+    dir: str | None = doc("TensorBoard event files go under this directory; none disables", None)
+    interval: int = doc("log every N steps", 10, min=1)
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = doc("the OPT model", factory=ModelConfig)
+    data: DataConfig = doc("training data", factory=DataConfig)
+    parallel: ParallelConfig = doc("parallel layout", factory=ParallelConfig)
+    optim: OptimConfig = doc("optimizer and schedule", factory=OptimConfig)
+    precision: PrecisionConfig = doc("mixed precision", factory=PrecisionConfig)
+    train: TrainConfig = doc("training loop", factory=TrainConfig)
+    checkpoint: CheckpointConfig = doc("checkpoints", factory=CheckpointConfig)
+    eval: EvalConfig = doc("evaluation", factory=EvalConfig)
+    kernels: KernelsConfig = doc("kernel backends", factory=KernelsConfig)
+    logging: LoggingConfig = doc("console and TensorBoard logging", factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return tp.__name__
+
+
+def _coerce(value, tp, key: str, where: str):
+    """Check `value` against the annotation `tp`; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key, where)
+            except OptimlError:
+                pass
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        if isinstance(value, list | tuple):
+            (item_tp,) = typing.get_args(tp)
+            return [_coerce(v, item_tp, key, where) for v in value]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise OptimlError(f"{where}: {key}", f"expected {_type_name(tp)}, got {value!r}",
+                      f"write a {_type_name(tp)}")
+
+
+def _check_field(f: dataclasses.Field, value, key: str, where: str):
+    meta = f.metadata
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        allowed = ", ".join("null" if c is None else str(c) for c in meta["choices"])
+        raise OptimlError(f"{where}: {key}", f"{value!r} is not allowed", f"allowed: {allowed}")
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if v is None or isinstance(v, str | bool):
+            continue
+        if meta.get("min") is not None and v < meta["min"]:
+            raise OptimlError(f"{where}: {key}", f"{v!r} is below the minimum",
+                              f"allowed: >= {meta['min']}")
+        if meta.get("max") is not None and v > meta["max"]:
+            raise OptimlError(f"{where}: {key}", f"{v!r} is above the maximum",
+                              f"allowed: <= {meta['max']}")
+
+
+def _unknown_key(key: str, known: list[str], where: str, prefix: str) -> OptimlError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+    return OptimlError(f"{where}: {prefix}{key}", "unknown key", hint)
+
+
+def _build(cls, data, where: str, prefix: str = ""):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise OptimlError(f"{where}: {prefix.rstrip('.') or 'recipe'}",
+                          f"expected a mapping, got {data!r}", "write key: value lines")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(str(key), list(fields), where, prefix)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, where, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}", where)
+            _check_field(fields[key], kwargs[key], f"{prefix}{key}", where)
+    return cls(**kwargs)
+
+
+def parse_override(text: str, where: str = "command line") -> tuple[list[str], Any]:
+    """`optim.lr=1e-4` -> (["optim", "lr"], 1e-4); the value is read as YAML."""
+    if "=" not in text:
+        raise OptimlError(f"{where}: {text}", "an override needs '='", "write section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = read_yaml(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _merge(tree: dict, path: list[str], value) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise OptimlError(f"command line: {'.'.join(path)}", f"'{part}' is not a section")
+    node[path[-1]] = value
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `5e-5` as a string; recipes mean a float, as YAML 1.2 does."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|"
+               r"^[-+]?(?:[0-9][0-9_]*)\.[0-9_]*$|^[-+]?\.[0-9_]+$|^[-+]?\.(?:inf|Inf|INF)$|"
+               r"^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe, apply `key.sub=value` overrides, validate everything."""
+    tree: dict = {}
+    where = str(path) if path is not None else "recipe"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise OptimlError(where, "recipe file not found", "pass the path of a YAML recipe")
+        try:
+            tree = read_yaml(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            at = f" at line {line + 1}" if line is not None else ""
+            raise OptimlError(where, f"not valid YAML{at}", "fix the YAML syntax") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        _merge(tree, keys, value)
+    recipe = _build(Recipe, tree, where)
+    validate(recipe, where)
+    return recipe
+
+
+def validate(recipe: Recipe, where: str = "recipe") -> None:
+    """Checks that involve more than one field."""
+    from optiml_engine.model.presets import resolve_model_config
+
+    resolve_model_config(recipe.model, where)
+    m = recipe.model
+    if recipe.data.seq_length > m.max_position_embeddings:
+        raise OptimlError(f"{where}: data.seq_length",
+                          f"{recipe.data.seq_length} exceeds the model's "
+                          f"{m.max_position_embeddings} positions",
+                          f"allowed: <= {m.max_position_embeddings}")
+    if len(recipe.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in recipe.optim.betas):
+        raise OptimlError(f"{where}: optim.betas", f"{recipe.optim.betas} is not two values in [0, 1)",
+                          "write e.g. [0.9, 0.95]")
+    if recipe.train.global_batch_size % recipe.train.micro_batch_size:
+        raise OptimlError(f"{where}: train.global_batch_size",
+                          f"{recipe.train.global_batch_size} is not a multiple of "
+                          f"train.micro_batch_size={recipe.train.micro_batch_size}",
+                          "make it a multiple")
+    if m.num_heads % recipe.parallel.tp:
+        raise OptimlError(f"{where}: parallel.tp",
+                          f"{m.num_heads} heads cannot be split {recipe.parallel.tp} ways",
+                          "choose a divisor of model.num_heads")
+    if recipe.checkpoint.load is not None and recipe.checkpoint.load == "latest" and \
+            recipe.checkpoint.dir is None:
+        raise OptimlError(f"{where}: checkpoint.load", "'latest' needs checkpoint.dir",
+                          "set checkpoint.dir")

@@ -1,0 +1,15 @@
+"""Errors a user can cause. The CLI prints them as one line and exits with code 2."""
+
+
+class OptimlError(Exception):
+    """A mistake in a user's input: a recipe, a task file, a checkpoint path.
+
+    `where` names the file (and record or key), `what` says what is wrong, `fix` says what to do.
+    """
+
+    def __init__(self, where: str, what: str, fix: str | None = None):
+        self.where, self.what, self.fix = where, what, fix
+        message = f"{where}: {what}"
+        if fix:
+            message += f" ({fix})"
+        super().__init__(message)
