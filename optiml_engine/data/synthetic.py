@@ -116,3 +116,18 @@ def write_synthetic_superni(out_dir: str | Path, seed: int = 0, instances_per_ta
         path.write_text(json.dumps(obj, indent=4, ensure_ascii=False), encoding="utf-8")
         paths.append(path)
     return paths
+
+
+def synthetic_src_tgt(seed: int = 0, examples: int = 2000) -> list[tuple[str, str]]:
+    """`examples` 0-shot (source, target) pairs taken round-robin over every synthetic task (for
+    recipes that train on the synthetic set without building a bench)."""
+    from .prompts import render
+
+    per_task = -(-examples // len(SPECS))
+    tasks = synthetic_tasks(seed, per_task)
+    pairs = []
+    for i in range(examples):
+        task = tasks[i % len(tasks)]
+        instances = task.instances
+        pairs.append(render(task, instances[(i // len(tasks)) % len(instances)], seed=seed))
+    return pairs
