@@ -205,3 +205,18 @@ def test_pack_examples_efficiency_and_target_coverage_on_instruction_like_data()
     # Every target token and every closing </s> is predicted exactly once, and nothing else is.
     assert packed.loss_mask.sum() == n_tgt.sum() + len(examples)
     assert np.all(packed.labels[packed.loss_mask == 1] != 5)
+
+
+def test_fill_samples_rejects_out_of_range_input():
+    one = np.array([0], dtype=np.int64)
+    args = dict(src=np.array([5]), src_begin=one, src_keep=np.array([1]), tgt=np.array([6]),
+                tgt_begin=one, tgt_len=np.array([1]), bin_flat=one, bin_offsets=np.array([0, 1]),
+                seq_length=4, eos_id=2, pad_id=1)
+    tokens = _C.fill_samples(**args)[0]
+    assert tokens.tolist() == [[2, 5, 6, 2]]
+    for key, bad, message in [("src_keep", np.array([2]), "source range"),
+                              ("bin_flat", np.array([1]), "out of range"),
+                              ("bin_offsets", np.array([0, 2]), "bin_offsets"),
+                              ("seq_length", 3, "overflow")]:
+        with pytest.raises(ValueError, match=message):
+            _C.fill_samples(**{**args, key: bad})
