@@ -141,6 +141,11 @@ def _source(d: object, i: int, base: Path) -> SourceConfig:
         num_tasks=_typed(d, "num_tasks", int, None, where))
 
 
+def _tokenizer_spec(spec: str, base: Path) -> str:
+    spec = os.path.expandvars(os.path.expanduser(spec))
+    return spec if spec == "byte" or Path(spec).is_absolute() else str(base / spec)
+
+
 def load_bench_config(path: str | Path) -> BenchConfig:
     path = Path(path)
     try:
@@ -172,7 +177,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     cfg = BenchConfig(
         path=path, name=_typed(raw, "name", str, path.stem, where),
         seed=_typed(raw, "seed", int, 0, where),
-        tokenizer=_typed(raw, "tokenizer", str, "byte", where),
+        tokenizer=_tokenizer_spec(_typed(raw, "tokenizer", str, "byte", where), path.parent),
         max_example_tokens=_typed(raw, "max_example_tokens", int, 2046, where),
         train_shots=_typed(raw, "train_shots", int, 0, where),
         default_cap=_typed(raw, "default_cap", int, DEFAULT_CAP, where),
