@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from optiml_engine.config import load_recipe
+from optiml_engine.config import DataConfig, load_recipe
 from optiml_engine.data.bench import build_bench
 from optiml_engine.data.bench_store import BuiltBench
 from optiml_engine.data.mixture import (
@@ -82,16 +82,25 @@ def test_tokenizer_mismatch_is_a_user_error(bench_dir):
         BenchMixture(bench_dir / "out", SamplingSpec(), 0, Other())
 
 
-def test_recipe_fields_make_the_sampling_spec(tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"model": {"preset": "125m"}, "data": {
-        "bench": "somewhere", "sampling": "eps", "eps_cap": 4096, "mix_reasoning": 1,
-        "mix_pretraining": 5, "benchmark_proportions": ["superni=25", "promptsource=45"]}}))
-    spec = sampling_spec(load_recipe(recipe).data)
+def test_data_config_fields_make_the_sampling_spec():
+    data = DataConfig(bench="somewhere", sampling="eps", eps_cap=4096, mix_reasoning=1,
+                      mix_pretraining=5, benchmark_proportions=["superni=25", "promptsource=45"])
+    spec = sampling_spec(data)
     assert spec.benchmark_proportions == {"superni": 25.0, "promptsource": 45.0}
     assert spec.mixes == {"reasoning": 1.0, "pretraining": 5.0, "dialogue": 0.0}
     assert spec.eps_cap == 4096 and spec.scheme == "eps"
     with pytest.raises(OptimlError, match="benchmark_proportions"):
         parse_proportions(["superni:25"])
+
+
+@pytest.mark.slow  # load_recipe validates the model, which imports torch (~5 s cold)
+def test_recipe_yaml_reads_the_mixture_fields(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"preset": "125m"}, "data": {
+        "bench": "somewhere", "sampling": "temperature", "temperature": 2,
+        "benchmark_proportions": ["superni=25", "flan=20"], "mix_pretraining": 5}}))
+    spec = sampling_spec(load_recipe(recipe).data)
+    assert spec.scheme == "temperature" and spec.temperature == 2.0
+    assert spec.benchmark_proportions == {"superni": 25.0, "flan": 20.0}
     with pytest.raises(OptimlError, match="sampling"):
         load_recipe(recipe, ["data.sampling=zipf"])
