@@ -218,3 +218,23 @@ def test_leakage_finds_a_planted_duplicate(tmp_path):
     assert any(p["train"].startswith("crossfit_planted/") and p["eval"].startswith(
         "flan_toy_nli/") for p in pairs)
     assert manifest["counts"]["leaks"] == len(pairs)
+
+
+def test_leakage_drop_train_removes_the_leaking_training_instance(tmp_path):
+    path = mixed_config(tmp_path, leakage={"action": "drop_train"})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["held_out"]["instances"] = 0  # keep every planted record on the training side
+    path.write_text(yaml.safe_dump(cfg))
+    first = json.loads((tmp_path / "fx/flan/toy_nli.jsonl").read_text().splitlines()[0])
+    with (tmp_path / "fx/seq2seq/crossfit_toy.jsonl").open("a") as f:
+        for i in range(4):  # the first is a copy of the flan instance, the rest are clean
+            src = (f"Premise: {first['premise']}\nHypothesis: {first['hypothesis']}\nDoes the "
+                   "premise entail the hypothesis?\nOPTIONS:\n- yes\n- no") if i == 0 else \
+                f"clean example number {i}"
+            f.write(json.dumps({"src": src, "tgt": "yes" if i == 0 else "ok", "task": "planted",
+                                "category": "Mathematics"}) + "\n")
+    manifest = build_bench(path, tmp_path / "out")
+    planted = next(t for t in manifest["tasks"] if t["name"] == "crossfit_planted")
+    report = json.loads((tmp_path / "out/report.json").read_text())["leakage"]
+    assert report["action"] == "drop_train" and len(report["pairs"]) >= 1
+    assert planted["n_instances"] == 3  # 4 written, the leaking one dropped before training
