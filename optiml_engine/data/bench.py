@@ -157,10 +157,7 @@ def check_leakage(result: Consolidated, cfg: BenchConfig) -> list[dict]:
 
 
 def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
-           leaks: list[dict], capped: dict[str, int]) -> dict:
-    from .tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(cfg.tokenizer)
+           leaks: list[dict], capped: dict[str, int], tokenizer) -> dict:
     writer = ShardWriter(out / "train", tokenizer.vocab_size)
     entries = []
     with (out / "tasks.jsonl").open("w", encoding="utf-8") as tasks_file:
@@ -234,6 +231,9 @@ def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = Fals
         old = json.loads(manifest_file.read_text(encoding="utf-8"))
         if old.get("input_fingerprint") == fingerprint:
             return {**old, "up_to_date": True}
+    from .tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.tokenizer)  # fail fast, before reading the collections
     tasks, skipped, capped = read_all(cfg)
     tasks, unmapped = map_categories(tasks, cfg)
     tasks, duplicates = dedup_datasets(tasks, cfg)
@@ -247,7 +247,7 @@ def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = Fals
     tmp = out.parent / f".{out.name}.building-{os.getpid()}-{time.monotonic_ns()}"
     try:
         tmp.mkdir()
-        manifest = _write(result, cfg, tmp, fingerprint, leaks, capped)
+        manifest = _write(result, cfg, tmp, fingerprint, leaks, capped, tokenizer)
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
