@@ -79,6 +79,24 @@ class DataConfig:
     )
     seq_length: int = doc("tokens per packed sample (OPT-IML: 2048)", 2048, min=2)
     shuffle: bool = doc("shuffle packed samples each epoch (deterministic given train.seed)", True)
+    bench: str | None = doc(
+        "a built bench directory (`optiml data build`); training draws from it by the mixture "
+        "below", None)
+    sampling: str = doc("per-task weights inside a benchmark (OPT-IML: eps)", "eps",
+                        choices=["proportional", "eps", "uniform", "temperature"])
+    eps_cap: int = doc("eps: per-task cap on the examples that count for its weight "
+                       "(OPT-IML: 4096)", 4096, min=1)
+    temperature: float = doc("temperature sampling: weight = examples ** (1 / T)", 1.0,
+                             min=0.01)
+    benchmark_proportions: list[str] = doc(
+        "benchmark shares as 'name=percent' (OPT-IML: crossfit=4 exmix=2 flan=20 superni=25 "
+        "promptsource=45 t5=2 unifiedskg=2); empty: by task weights", factory=list)
+    mix_reasoning: float = doc("percent of the stream from reasoning (chain-of-thought) tasks "
+                               "(OPT-IML: 1)", 0.0, min=0.0, max=100.0)
+    mix_pretraining: float = doc("percent of the stream from pre-training text (OPT-IML: 5)", 0.0,
+                                 min=0.0, max=100.0)
+    mix_dialogue: float = doc("percent of the stream from dialogue data (OPT-IML: 0)", 0.0,
+                              min=0.0, max=100.0)
 
 
 @dataclass
