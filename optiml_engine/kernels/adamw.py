@@ -121,6 +121,7 @@ def _fused_step(backend, params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_
 STEPS = {"foreach": _foreach_step, "loop": _loop_step, "apex": _apex_step}
 
 
+@torch.no_grad()
 def adamw_step(params, grads, exp_avgs, exp_avg_sqs, masters=None, *, lr: float,
                beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
                inv_scale=1.0, found_inf: torch.Tensor | None = None,
@@ -149,6 +150,7 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, masters=None, *, lr: float,
     return found_inf
 
 
+@torch.no_grad()
 def check_grads(grads, inv_scale, found_inf: torch.Tensor, backend: str | None = None):
     """Set found_inf to 1 if any grad * inv_scale is inf/NaN (the loss scaler's overflow test)."""
     device = grads[0].device
