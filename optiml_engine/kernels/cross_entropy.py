@@ -9,6 +9,7 @@ linear + cross-entropy and the vocab-parallel form.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from optiml_engine.kernels import dispatch
