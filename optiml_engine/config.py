@@ -209,7 +209,7 @@ def _coerce(value, tp, key: str, where: str):
         if isinstance(value, str):
             return value
     raise OptimlError(f"{where}: {key}", f"expected {_type_name(tp)}, got {value!r}",
-                      f"write a {_type_name(tp)}")
+                      f"write {_type_name(tp)}")
 
 
 def _check_field(f: dataclasses.Field, value, key: str, where: str):

@@ -1,0 +1,93 @@
+"""`optiml <verb>`: train, eval, data, convert, plan, bench.
+
+User errors (`OptimlError`) print one line and exit with code 2; nothing else is swallowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from optiml_engine.errors import OptimlError
+
+
+def cmd_train(args) -> int:
+    from optiml_engine.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # fail fast, before the heavy imports
+    from optiml_engine.training.launch import train
+
+    train(recipe)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from optiml_engine.model.convert import engine_to_hf, hf_to_engine
+
+    if args.direction == "hf2engine":
+        if not args.hf:
+            raise OptimlError("optiml convert hf2engine", "--hf is missing", "pass --hf DIR")
+        hf_to_engine(args.hf, args.out, tp=args.tp, pp=args.pp)
+    else:
+        if not args.ckpt:
+            raise OptimlError("optiml convert engine2hf", "--ckpt is missing", "pass --ckpt CKPT")
+        engine_to_hf(args.ckpt, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _delegate(module: str):
+    """Verbs whose parser lives with their module: pass the remaining argv through."""
+
+    def run(args) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(args.rest)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optiml", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    train = verbs.add_parser("train", help="train from a YAML recipe")
+    train.add_argument("recipe", help="YAML recipe (see recipes/)")
+    train.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    train.set_defaults(func=cmd_train)
+
+    convert = verbs.add_parser("convert", help="convert checkpoints")
+    convert.add_argument("direction", choices=["hf2engine", "engine2hf"])
+    convert.add_argument("--hf", help="Hugging Face OPT directory (hf2engine)")
+    convert.add_argument("--ckpt", help="engine checkpoint directory (engine2hf)")
+    convert.add_argument("--out", required=True, help="output directory")
+    convert.add_argument("--tp", type=int, default=1, help="tensor-parallel shards (hf2engine)")
+    convert.add_argument("--pp", type=int, default=1, help="pipeline stages (hf2engine)")
+    convert.set_defaults(func=cmd_convert)
+
+    delegated = {
+        "data": ("optiml_engine.data.bench", "build an OPT-IML bench: data build BENCH.yaml --out DIR"),
+        "eval": ("optiml_engine.eval.harness", "evaluate a checkpoint on the three levels"),
+        "bench": ("optiml_engine.benchmarks.cli", "kernel and system benchmarks"),
+        "plan": ("optiml_engine.parallel.plan", "memory and layout plan for a recipe"),
+    }
+    for verb, (module, help_text) in delegated.items():
+        sub = verbs.add_parser(verb, help=help_text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(func=_delegate(module))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except OptimlError as e:
+        print(f"optiml: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

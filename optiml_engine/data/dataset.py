@@ -1,0 +1,36 @@
+"""From the recipe's data section to packed training samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from optiml_engine.data.jsonl import read_src_tgt
+from optiml_engine.data.packing import PackedSamples, pack_examples
+from optiml_engine.errors import OptimlError
+
+
+def training_text(recipe) -> list[tuple[str, str]]:
+    """(source, target) strings the recipe trains on."""
+    data = recipe.data
+    if data.synthetic:
+        from optiml_engine.data.synthetic import synthetic_src_tgt
+
+        return synthetic_src_tgt(recipe.train.seed, data.synthetic_examples)
+    if data.train_path is None:
+        raise OptimlError("recipe: data.train_path", "is not set",
+                          "point it at a JSONL file of {src, tgt} records, or set data.synthetic")
+    return read_src_tgt(Path(data.train_path))
+
+
+def tokenize_pairs(pairs: list[tuple[str, str]], tokenizer) -> list[tuple[list[int], list[int]]]:
+    sources = tokenizer.encode_batch([s for s, _ in pairs])
+    targets = tokenizer.encode_batch([t for _, t in pairs])
+    return list(zip(sources, targets, strict=True))
+
+
+def build_training_samples(recipe, tokenizer) -> PackedSamples:
+    examples = tokenize_pairs(training_text(recipe), tokenizer)
+    if not examples:
+        raise OptimlError("recipe: data", "no training examples", "check data.train_path")
+    return pack_examples(examples, recipe.data.seq_length, eos_id=tokenizer.eos_id,
+                         pad_id=tokenizer.pad_id)

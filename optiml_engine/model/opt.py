@@ -1,0 +1,157 @@
+"""The OPT decoder (Zhang et al. 2022) on packed sequences.
+
+Inputs are packed: a row holds several examples, `position_ids` restart at 0 for each one and
+`doc_ids` say which example a token belongs to, so attention never crosses an example boundary.
+Parameter names follow Hugging Face's OPT (minus its `model.` prefix), except that q, k and v are
+one fused `qkv_proj` laid out head-major (rows [q_h; k_h; v_h] for each head h): a contiguous
+slice of its rows then holds whole heads, which is what a column-parallel shard needs. The model
+knows nothing about parallelism; `optiml_engine.parallel` swaps its layers for sharded ones, and
+attention infers the number of local heads from the projection's output width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from optiml_engine.kernels.attention import attention
+from optiml_engine.kernels.cross_entropy import masked_cross_entropy
+from optiml_engine.model.kv_cache import KVCache
+
+POSITION_OFFSET = 2  # OPT's learned positions start at index 2 (a fairseq legacy)
+
+
+class OPTAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.head_dim = cfg.hidden_size // cfg.num_heads
+        self.qkv_proj = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.out_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dropout = cfg.attention_dropout
+
+    def forward(self, x, doc_ids, kv_doc_ids, kv_cache: KVCache | None, layer: int):
+        batch, seq = x.shape[:2]
+        q, k, v = self.qkv_proj(x).view(batch, seq, -1, 3, self.head_dim).unbind(3)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)
+        out = attention(q, k, v, doc_ids, kv_doc_ids,
+                        dropout_p=self.dropout if self.training else 0.0,
+                        scale=self.head_dim**-0.5)
+        return self.out_proj(out.reshape(batch, seq, -1))
+
+
+class OPTDecoderLayer(nn.Module):
+    def __init__(self, cfg, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.pre_layer_norm = cfg.pre_layer_norm
+        self.self_attn = OPTAttention(cfg)
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.hidden_size)
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.ffn_hidden_size)
+        self.fc2 = nn.Linear(cfg.ffn_hidden_size, cfg.hidden_size)
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, h, doc_ids=None, kv_doc_ids=None, kv_cache=None):
+        pre = self.pre_layer_norm
+        x = self.self_attn_layer_norm(h) if pre else h
+        h = h + self.dropout(self.self_attn(x, doc_ids, kv_doc_ids, kv_cache, self.layer))
+        if not pre:
+            h = self.self_attn_layer_norm(h)
+        x = self.final_layer_norm(h) if pre else h
+        h = h + self.dropout(self.fc2(F.relu(self.fc1(x))))
+        if not pre:
+            h = self.final_layer_norm(h)
+        return h
+
+
+class OPTDecoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        embed_dim = cfg.word_embed_proj_dim
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, embed_dim, padding_idx=1)
+        self.embed_positions = nn.Embedding(cfg.max_position_embeddings + POSITION_OFFSET,
+                                            cfg.hidden_size)
+        projected = embed_dim != cfg.hidden_size
+        self.project_in = nn.Linear(embed_dim, cfg.hidden_size, bias=False) if projected else None
+        self.project_out = nn.Linear(cfg.hidden_size, embed_dim, bias=False) if projected else None
+        # Post-LN OPT (350M) has no final LayerNorm: each block already ends with one.
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size) if cfg.pre_layer_norm else None
+        self.layers = nn.ModuleList(OPTDecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def embed(self, input_ids, position_ids):
+        h = self.embed_tokens(input_ids)
+        if self.project_in is not None:
+            h = self.project_in(h)
+        return self.dropout(h + self.embed_positions(position_ids + POSITION_OFFSET))
+
+    def head(self, h):
+        if self.final_layer_norm is not None:
+            h = self.final_layer_norm(h)
+        if self.project_out is not None:
+            h = self.project_out(h)
+        return h
+
+
+class OPTForCausalLM(nn.Module):
+    """OPT with the output layer tied to the input embedding."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        from optiml_engine.model.presets import resolve_model_config
+
+        self.config = resolve_model_config(cfg)
+        self.decoder = OPTDecoder(self.config)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """OPT's initialisation: normal(0, init_std) weights, zero biases, unit LayerNorms."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.decoder.embed_tokens.weight
+
+    def hidden_states(self, input_ids, position_ids=None, doc_ids=None, kv_cache=None):
+        """Final hidden states [B, S, word_embed_proj_dim], ready for the output projection."""
+        if position_ids is None:
+            start = kv_cache.length if kv_cache is not None else 0
+            position_ids = torch.arange(start, start + input_ids.shape[1],
+                                        device=input_ids.device).expand_as(input_ids)
+        kv_doc_ids = kv_cache.extend_doc_ids(doc_ids) if kv_cache is not None else doc_ids
+        h = self.decoder.embed(input_ids, position_ids)
+        for layer in self.decoder.layers:
+            h = layer(h, doc_ids, kv_doc_ids, kv_cache)
+        return self.decoder.head(h)
+
+    def forward(self, input_ids, position_ids=None, doc_ids=None, kv_cache=None):
+        """Logits [B, S, vocab]."""
+        h = self.hidden_states(input_ids, position_ids, doc_ids, kv_cache)
+        return F.linear(h, self.output_weight)
+
+    def loss_sum(self, input_ids, position_ids, doc_ids, labels, loss_mask):
+        """fp32 sum of the cross-entropy over positions where loss_mask is set."""
+        return masked_cross_entropy(self(input_ids, position_ids, doc_ids), labels, loss_mask)
+
+    @classmethod
+    def from_hf(cls, path) -> OPTForCausalLM:
+        """Load a local Hugging Face OPT directory (safetensors or a weights-only .bin)."""
+        from optiml_engine.model.hf_io import load_hf
+
+        return load_hf(cls, path)
+
+    def save_hf(self, path) -> None:
+        """Write a directory that `transformers.OPTForCausalLM.from_pretrained` loads."""
+        from optiml_engine.model.hf_io import save_hf
+
+        save_hf(self, path)

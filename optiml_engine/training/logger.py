@@ -1,0 +1,48 @@
+"""Console progress lines with an ETA, and TensorBoard scalars under `train/`."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class MetricsLogger:
+    def __init__(self, log_dir: str | None, total_steps: int, enabled: bool = True):
+        self.total_steps = total_steps
+        self.enabled = enabled
+        self.writer = None
+        if enabled and log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir)
+        self._start = time.perf_counter()
+        self._start_step: int | None = None
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+
+    def scalars(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """`step` is the number of optimizer steps done."""
+        if self._start_step is None:
+            self._start_step, self._start = step - 1, time.perf_counter()
+        self.scalars(step, metrics)
+        elapsed = time.perf_counter() - self._start
+        rate = (step - self._start_step) / max(elapsed, 1e-9)
+        eta = (self.total_steps - step) / max(rate, 1e-9)
+        self.info(
+            f"step {step}/{self.total_steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.3g}"
+            f" | grad norm {metrics['grad_norm']:.3f}"
+            f" | {metrics['target_tokens_per_s']:.0f} tgt tok/s"
+            f" | packing {100 * metrics['packing_efficiency']:.1f}% | eta {eta:.0f}s"
+        )
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
