@@ -15,8 +15,10 @@ from optiml_engine.model.kv_cache import KVCache
 
 @torch.no_grad()
 def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int = 256,
-                    eos_id: int = 2, pad_id: int = 1) -> list[list[int]]:
-    """New token ids per prompt, without the final `</s>`."""
+                    eos_id: int = 2, pad_id: int = 1,
+                    vocab_limit: int | None = None) -> list[list[int]]:
+    """New token ids per prompt, without the final `</s>`. `vocab_limit` restricts the argmax to
+    ids the tokenizer can decode (OPT pads its embedding table past the tokenizer's vocabulary)."""
     device = model.output_weight.device
     ids, position_ids, doc_ids, lengths = left_pad(prompts, pad_id, device)
     max_positions = getattr(model.config, "max_position_embeddings", None)
@@ -31,7 +33,7 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int = 256,
     rows = torch.arange(len(prompts), device=device)  # original index of each live row
     positions = lengths.clone()
     for step in range(max_new_tokens):
-        tokens = output_logits(model, hidden).argmax(dim=-1)
+        tokens = output_logits(model, hidden)[..., :vocab_limit].argmax(dim=-1)
         finished = tokens == eos_id
         for row, tok, done in zip(rows.tolist(), tokens.tolist(), finished.tolist(), strict=True):
             if not done:
