@@ -114,6 +114,9 @@ class TrainConfig:
     micro_batch_size: int = doc("packed samples per micro-batch per data-parallel rank", 1, min=1)
     global_batch_size: int = doc(
         "packed samples per optimizer step over all micro-batches and data-parallel ranks", 8, min=1)
+    stop_after: int | None = doc(
+        "end the run (with a checkpoint) after this many steps; the LR schedule still spans "
+        "train.steps, so a later run with checkpoint.load=latest continues it", None, min=1)
 
 
 @dataclass

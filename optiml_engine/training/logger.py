@@ -7,11 +7,11 @@ import time
 
 
 class MetricsLogger:
-    def __init__(self, log_dir: str | None, total_steps: int, enabled: bool = True):
+    def __init__(self, log_dir: str | None, total_steps: int, console: bool = True):
         self.total_steps = total_steps
-        self.enabled = enabled
+        self.console = console
         self.writer = None
-        if enabled and log_dir:
+        if log_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir)
@@ -19,7 +19,7 @@ class MetricsLogger:
         self._start_step: int | None = None
 
     def info(self, message: str) -> None:
-        if self.enabled:
+        if self.console:
             print(message, file=sys.stderr, flush=True)
 
     def scalars(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:

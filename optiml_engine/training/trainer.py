@@ -45,7 +45,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, verbose: bool = True):
         self.recipe = recipe
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.logger = MetricsLogger(recipe.logging.dir, recipe.train.steps, enabled=verbose)
+        self.logger = MetricsLogger(recipe.logging.dir, recipe.train.steps, console=verbose)
         self.tokenizer = load_tokenizer(recipe.data.tokenizer)
         self.model = build_model(recipe).to(self.device)
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
@@ -120,15 +120,14 @@ class Trainer:
     def fit(self) -> list[dict[str, float]]:
         cfg = self.recipe
         self.model.train()
-        while self.step < cfg.train.steps:
+        last = min(cfg.train.steps, cfg.train.stop_after or cfg.train.steps)
+        while self.step < last:
             metrics = self.train_step()
             self.history.append(metrics)
-            if self.step % cfg.logging.interval == 0 or self.step == cfg.train.steps:
+            if self.step % cfg.logging.interval == 0 or self.step == last:
                 self.logger.log(self.step, metrics)
             interval = cfg.checkpoint.interval
-            if cfg.checkpoint.dir and (
-                (interval and self.step % interval == 0) or self.step == cfg.train.steps
-            ):
+            if cfg.checkpoint.dir and ((interval and self.step % interval == 0) or self.step == last):
                 self.save()
         self.logger.close()
         return self.history

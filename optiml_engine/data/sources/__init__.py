@@ -1,0 +1,51 @@
+"""Task sources: read local benchmark files into `Task` objects.
+
+`load_tasks(path, format)` is the public entry point; `format` is one of `FORMATS`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import OptimlError
+from ..task import Task
+from .dialogue import load_dialogue
+from .flan import load_flan
+from .promptsource import load_promptsource
+from .seq2seq import load_cot, load_seq2seq
+from .superni import load_superni
+
+FORMATS = ("superni", "promptsource", "flan", "seq2seq", "cot", "dialogue")
+
+
+def load_tasks(path: str | Path, format: str, *, benchmark: str | None = None,
+               split: str | None = None, records: str | Path | None = None,
+               seed: int = 0) -> list[Task]:
+    """Read every task at `path` in `format`.
+
+    `benchmark` names the collection for the generic formats (e.g. `unifiedskg`, `crossfit`,
+    `exmix`, `t5` for seq2seq); `split` keeps only Super-NI tasks of that official split;
+    `records` points PromptSource templates at their JSONL rows; `seed` picks FLAN patterns.
+    """
+    if format == "superni":
+        tasks = load_superni(path, split=split)
+    elif format == "promptsource":
+        tasks = load_promptsource(path, records=records)
+    elif format == "flan":
+        tasks = load_flan(path, seed=seed)
+    elif format == "seq2seq":
+        tasks = load_seq2seq(path, benchmark=benchmark or "seq2seq")
+    elif format == "cot":
+        tasks = load_cot(path, benchmark=benchmark or "reasoning")
+    elif format == "dialogue":
+        tasks = load_dialogue(path, benchmark=benchmark or "dialogue")
+    else:
+        raise OptimlError(str(path), f"unknown task format {format!r}",
+                          f"use one of {', '.join(FORMATS)}")
+    if benchmark and format in ("superni", "promptsource", "flan"):
+        for task in tasks:
+            task.benchmark = benchmark
+    return tasks
+
+
+__all__ = ["FORMATS", "load_tasks"]
