@@ -17,11 +17,15 @@ Weight decay applies to parameters with 2 or more dimensions (OPT-IML: not biase
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from optiml_engine.optim.clip import clip_coefficient, global_norm, local_squares
 from optiml_engine.optim.loss_scaler import ConstantLossScaler, found_inf_anywhere
-from optiml_engine.parallel.mappings import group_rank, group_size
+from optiml_engine.parallel.mappings import (
+    all_gather_into_tensor,
+    group_rank,
+    group_size,
+    reduce_scatter_tensor,
+)
 
 
 class FlatAdamW:
@@ -74,7 +78,7 @@ class FlatAdamW:
         if self.shards == 1:
             return shard
         full = torch.empty(self.padded, dtype=shard.dtype, device=shard.device)
-        dist.all_gather_into_tensor(full, shard.contiguous(), group=self.group)
+        all_gather_into_tensor(full, shard.contiguous(), group=self.group)
         return full
 
     def _grad_shard(self) -> torch.Tensor:
@@ -82,7 +86,7 @@ class FlatAdamW:
         if self.shards == 1:
             return flat
         shard = torch.empty(self.shard_size, dtype=flat.dtype, device=flat.device)
-        dist.reduce_scatter_tensor(shard, flat, group=self.group)
+        reduce_scatter_tensor(shard, flat, group=self.group)
         return shard
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -24,6 +24,10 @@ from optiml_engine.parallel import state
 
 SEQ_DIM = 1
 
+# torch 2.13 renamed the tensor-to-tensor collectives; keep working on the older names too.
+all_gather_into_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 def group_size(group) -> int:
     return 1 if group is None else dist.get_world_size(group)
@@ -48,7 +52,7 @@ def all_gather(x: torch.Tensor, dim: int, group) -> torch.Tensor:
         return x
     x = x.movedim(dim, 0).contiguous()
     out = torch.empty((n * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    dist.all_gather_into_tensor(out, x, group=group)
+    all_gather_into_tensor(out, x, group=group)
     return out.movedim(0, dim)
 
 
@@ -60,7 +64,7 @@ def reduce_scatter(x: torch.Tensor, dim: int, group) -> torch.Tensor:
         raise ValueError(f"dimension {dim} of size {x.shape[dim]} does not split {n} ways")
     x = x.movedim(dim, 0).contiguous()
     out = torch.empty((x.shape[0] // n, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    dist.reduce_scatter_tensor(out, x, group=group)
+    reduce_scatter_tensor(out, x, group=group)
     return out.movedim(0, dim)
 
 
