@@ -47,7 +47,7 @@ class Trainer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.logger = MetricsLogger(recipe.logging.dir, recipe.train.steps, console=verbose)
         self.tokenizer = load_tokenizer(recipe.data.tokenizer)
-        self.model = build_model(recipe).to(self.device)
+        self.model = self.build_model()
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise OptimlError(
                 "recipe: model.vocab_size",
@@ -55,15 +55,9 @@ class Trainer:
                 f"{self.tokenizer.vocab_size}",
                 "raise model.vocab_size",
             )
-        self.optimizer = build_optimizer(self.model, recipe.optim)
+        self.optimizer = self.build_optimizer()
         self.samples = build_training_samples(recipe, self.tokenizer)
-        self.loader = PackedLoader(
-            self.samples,
-            recipe.train.global_batch_size,
-            recipe.train.micro_batch_size,
-            seed=recipe.train.seed,
-            shuffle=recipe.data.shuffle,
-        )
+        self.loader = self.build_loader()
         self.step = 0
         self.history: list[dict[str, float]] = []
         if recipe.checkpoint.load:
@@ -74,6 +68,24 @@ class Trainer:
             f"{recipe.data.seq_length} tokens from {self.samples.num_examples} examples "
             f"({100 * self.samples.efficiency:.1f}% full, {self.samples.num_truncated} truncated, "
             f"{self.samples.num_dropped} dropped)"
+        )
+
+    # -- parts a subclass may replace (parallel.trainer.ParallelTrainer does) ------------------
+
+    def build_model(self) -> OPTForCausalLM:
+        return build_model(self.recipe).to(self.device)
+
+    def build_optimizer(self):
+        return build_optimizer(self.model, self.recipe.optim)
+
+    def build_loader(self) -> PackedLoader:
+        cfg = self.recipe
+        return PackedLoader(
+            self.samples,
+            cfg.train.global_batch_size,
+            cfg.train.micro_batch_size,
+            seed=cfg.train.seed,
+            shuffle=cfg.data.shuffle,
         )
 
     # -- one step ---------------------------------------------------------------------------
