@@ -113,7 +113,7 @@ def cross_entropy_variant(name, h, w, targets, mask):
 
 
 def cross_entropy_variants(device) -> list[str]:
-    names = ["torch_unfused", "torch_fused_grad", "linear_ce_chunk1024", "linear_ce_chunk4096"]
+    names = ["torch_unfused", "torch_fused_grad", "linear_ce_chunk512", "linear_ce_chunk1024"]
     if torch.device(device).type == "cuda":
         names += ["triton", "linear_ce_triton_chunk4096"]
     return names

@@ -35,7 +35,7 @@ def shard_stats(logits, targets, weights, vocab_start: int = 0, backend: str = "
         return mx, sumexp, target_logit
     x = logits.reshape(-1, logits.shape[-1]).float()
     mx = x.max(dim=-1).values
-    sumexp = torch.exp(x - mx[:, None]).sum(dim=-1)
+    sumexp = torch.sub(x, mx[:, None]).exp_().sum(dim=-1)  # one temporary, not two
     local = targets.reshape(-1) - vocab_start
     in_shard = (local >= 0) & (local < x.shape[-1])
     picked = x.gather(1, torch.where(in_shard, local, 0)[:, None])[:, 0]
@@ -49,12 +49,12 @@ def shard_grad(logits, targets, weights, lse, vocab_start: int = 0, backend: str
 
         return triton_cross_entropy_grad(logits, targets, weights, lse, vocab_start)
     x = logits.reshape(-1, logits.shape[-1]).float()
-    grad = torch.exp(x - lse[:, None])
+    grad = torch.sub(x, lse[:, None]).exp_()  # in place from here on: one logits-sized buffer
     local = targets.reshape(-1) - vocab_start
     in_shard = (local >= 0) & (local < x.shape[-1])
     rows = torch.nonzero(in_shard).flatten()
     grad[rows, local[rows]] -= 1.0
-    return (grad * weights[:, None]).to(logits.dtype)
+    return grad.mul_(weights[:, None]).to(logits.dtype)
 
 
 def loss_and_grad(logits, targets, weights, backend: str = "torch"):

@@ -58,6 +58,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 total += loss
                 torch.mm(dlogits, w, out=grad_h[lo:lo + chunk_size])
                 grad_w.addmm_(dlogits.T.float(), h_c.float())
+                del dlogits  # before the next chunk's logits exist
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         ctx.hidden_shape = hidden.shape
