@@ -157,6 +157,8 @@ class CheckpointConfig:
     interval: int = doc("save every N steps (and at the end); 0: only at the end", 0, min=0)
     load: str | None = doc("'latest' in checkpoint.dir, or a checkpoint path to resume from", None)
     keep_last: int = doc("checkpoints kept in checkpoint.dir (older ones are deleted)", 2, min=1)
+    save_initial: bool = doc(
+        "also write the untrained model to checkpoint.dir/initial (a baseline to evaluate)", False)
 
 
 @dataclass

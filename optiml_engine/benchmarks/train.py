@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     recipe = load_recipe(args.recipe, [*args.overrides, "model.dropout=0.0"])
     engine_tps, trainer = engine_throughput(recipe, args.steps, args.warmup)
     examples = tokenize_pairs(training_text(recipe), trainer.tokenizer)
-    per_step = trainer.samples.num_examples * recipe.train.global_batch_size // len(trainer.samples)
+    samples = trainer.loader.samples
+    per_step = samples.num_examples * recipe.train.global_batch_size // len(samples)
     hf_tps = hf_throughput(recipe, examples, max(1, per_step), args.steps, args.warmup)
     print(
         f"threads {torch.get_num_threads()} | model {recipe.model.hidden_size}d x "

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from optiml_engine.config import Recipe
-from optiml_engine.data.dataset import build_training_samples
-from optiml_engine.data.loader import PackedLoader
+from optiml_engine.data.dataset import build_loader
 from optiml_engine.data.tokenizer import load_tokenizer
 from optiml_engine.errors import OptimlError
+from optiml_engine.kernels import dispatch
 from optiml_engine.model import OPTForCausalLM
 from optiml_engine.optim.builder import build_optimizer
 from optiml_engine.optim.schedule import lr_at
@@ -47,6 +47,8 @@ class Trainer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.logger = MetricsLogger(recipe.logging.dir, recipe.train.steps, console=verbose)
         self.tokenizer = load_tokenizer(recipe.data.tokenizer)
+        choices = dispatch.configure(recipe.kernels, self.device)
+        self.logger.info("kernels: " + ", ".join(f"{k} {v}" for k, v in choices.items()))
         self.model = self.build_model()
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise OptimlError(
@@ -56,19 +58,13 @@ class Trainer:
                 "raise model.vocab_size",
             )
         self.optimizer = self.build_optimizer()
-        self.samples = build_training_samples(recipe, self.tokenizer)
         self.loader = self.build_loader()
         self.step = 0
         self.history: list[dict[str, float]] = []
         if recipe.checkpoint.load:
             self.resume(recipe.checkpoint.load)
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.logger.info(
-            f"model: {n_params / 1e6:.2f}M parameters | {len(self.samples)} packed samples of "
-            f"{recipe.data.seq_length} tokens from {self.samples.num_examples} examples "
-            f"({100 * self.samples.efficiency:.1f}% full, {self.samples.num_truncated} truncated, "
-            f"{self.samples.num_dropped} dropped)"
-        )
+        self.logger.info(f"model: {n_params / 1e6:.2f}M parameters | {self.loader.describe()}")
 
     # -- parts a subclass may replace (parallel.trainer.ParallelTrainer does) ------------------
 
@@ -78,15 +74,8 @@ class Trainer:
     def build_optimizer(self):
         return build_optimizer(self.model, self.recipe.optim)
 
-    def build_loader(self) -> PackedLoader:
-        cfg = self.recipe
-        return PackedLoader(
-            self.samples,
-            cfg.train.global_batch_size,
-            cfg.train.micro_batch_size,
-            seed=cfg.train.seed,
-            shuffle=cfg.data.shuffle,
-        )
+    def build_loader(self, dp_rank: int = 0, dp_size: int = 1):
+        return build_loader(self.recipe, self.tokenizer, dp_rank, dp_size)
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -108,6 +97,7 @@ class Trainer:
                     batch["doc_ids"],
                     batch["labels"],
                     batch["loss_mask"],
+                    chunk_tokens=self.recipe.kernels.loss_chunk_tokens,
                 )
             (loss_sum / n_target_tokens).backward()
             total += loss_sum.detach()
@@ -146,6 +136,10 @@ class Trainer:
         cfg = self.recipe
         self.model.train()
         last = min(cfg.train.steps, cfg.train.stop_after or cfg.train.steps)
+        if cfg.checkpoint.dir and cfg.checkpoint.save_initial and self.step == 0:
+            path = ckpt.save_checkpoint(Path(cfg.checkpoint.dir) / "initial", self.model,
+                                        meta={"step": 0, "recipe": dataclasses.asdict(cfg)})
+            self.logger.info(f"saved the untrained model to {path}")
         window: list[dict[str, float]] = []
         self.logger.start(self.step)
         while self.step < last:

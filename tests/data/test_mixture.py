@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from optiml_engine.config import DataConfig, load_recipe
-from optiml_engine.data.bench import build_bench
 from optiml_engine.data.bench_store import BuiltBench
 from optiml_engine.data.mixture import (
     BenchMixture,
@@ -21,19 +20,6 @@ from optiml_engine.data.prompts import render
 from optiml_engine.data.sampling import SamplingSpec
 from optiml_engine.data.tokenizer import load_tokenizer
 from optiml_engine.errors import OptimlError
-
-
-@pytest.fixture(scope="module")
-def bench_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mix")
-    cfg = {"name": "m", "seed": 0, "tokenizer": "byte",
-           "sources": [{"name": "superni", "format": "synthetic", "instances_per_task": 30,
-                        "num_tasks": 28}],
-           "held_out": {"categories": ["Sentiment Analysis"], "tasks_per_category": 1,
-                        "instances": 0.2}}
-    (tmp / "b.yaml").write_text(yaml.safe_dump(cfg))
-    build_bench(tmp / "b.yaml", tmp / "out")
-    return tmp
 
 
 def test_stream_examples_are_training_instances_only(bench_dir):
