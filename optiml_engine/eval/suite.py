@@ -6,8 +6,7 @@ Levels (OPT-IML Bench): `held_out_categories` (no task of the category was train
 training tasks; demonstrations then come from the task's training instances only).
 
 `load_suite(spec)` reads:
-- a bench manifest, through `optiml_engine.data.bench.load_eval_tasks(path)` when the bench builder
-  provides it (it returns EvalTask-like objects: task, level, instances, demo_pool);
+- a bench built by `optiml data build` (its directory or manifest.json);
 - an eval manifest JSON: {"tasks": [{"path": task file, "format": "superni", "level": ...,
   "eval_ids": [...] (optional, default all), "demo_ids": [...] (optional)}]}, paths relative to
   the manifest;
@@ -105,16 +104,34 @@ def load_suite(spec: str) -> list[EvalTask]:
         raise OptimlError(f"--bench {spec}", "no manifest there",
                           "pass a bench manifest.json (or its directory), or 'synthetic'")
     try:
-        from optiml_engine.data.bench import load_eval_tasks
-    except ImportError:
-        load_eval_tasks = None
-    try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise OptimlError(str(path), f"not valid JSON ({e})", "rebuild the bench") from None
-    if load_eval_tasks is not None and not _is_eval_manifest(data):
-        return list(load_eval_tasks(path))
-    return _read_eval_manifest(path)
+    if _is_eval_manifest(data):
+        return _read_eval_manifest(path)
+    return built_bench_suite(path.parent)
+
+
+# The bench builder's split names -> the evaluation levels.
+BENCH_LEVELS = {"heldout_category": "held_out_categories", "heldout_task": "held_out_tasks",
+                "heldout_instance": "held_out_instances"}
+
+
+def built_bench_suite(bench_dir: Path) -> list[EvalTask]:
+    """The three levels of a bench built by `optiml data build`. Held-out instances draw their
+    demonstrations from the task's training instances only; held-out tasks from their own other
+    instances (the prompt renderer never uses the query itself)."""
+    from optiml_engine.data.bench_store import BuiltBench
+
+    suite = []
+    for split, pairs in BuiltBench(bench_dir).eval_sets().items():
+        for task, instances in pairs:
+            pool = None
+            if split == "heldout_instance":
+                scored = {i.id for i in instances}
+                pool = [i for i in task.instances if i.id not in scored]
+            suite.append(EvalTask(task, BENCH_LEVELS[split], instances, pool))
+    return suite
 
 
 def _is_eval_manifest(data) -> bool:
