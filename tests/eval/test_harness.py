@@ -129,11 +129,14 @@ def test_main_writes_report_from_hf_dir(tiny_hf_dir, tmp_path, capsys):
     argv = ["--checkpoint", str(tiny_hf_dir), "--bench", "synthetic", "--shots", "0,1",
             "--out", str(out), "--max-instances", "2", "--max-new-tokens", "3",
             "--levels", "held_out_categories"]
-    assert main(argv) == 0
+    assert main([*argv, "--baseline", "init"]) == 0
     data = json.loads((out / "results.json").read_text())
     assert len(data["instances"]) == 2 * 10 * 2  # 2 shots x 10 tasks x 2 instances
     assert set(data["summary"]) == {"0", "1"}
     assert (out / "levels.png").is_file() and "held-out categories" in capsys.readouterr().out
+    assert (out / "baseline" / "results.json").is_file()
+    assert "| level | baseline 0-shot | baseline 1-shot | model 0-shot | model 1-shot |" in (
+        out / "report.md").read_text()
     with pytest.raises(OptimlError):
         main(argv[:5] + ["0,x"] + argv[6:])
 
@@ -155,3 +158,21 @@ def test_training_evaluator_logs_scalars_and_history(model, tmp_path):
     evaluator(model, step=20)
     rows = [json.loads(x) for x in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20] and rows[0] == {"step": 10, **scalars}
+
+
+def test_load_model_from_engine_checkpoint(tiny_models, tmp_path):
+    import torch
+
+    from optiml_engine.eval.harness import load_model
+    from optiml_engine.training.checkpoint import save_checkpoint
+
+    ours, _ = tiny_models
+    save_checkpoint(tmp_path / "step_0000005", ours,
+                    meta={"step": 5, "recipe": {"data": {"tokenizer": "byte"}}})
+    loaded, spec = load_model(str(tmp_path))  # a checkpoint.dir: its latest step
+    assert spec == "byte"
+    ids = torch.tensor([[2, 40, 41, 42]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), ours(ids))
+    with pytest.raises(OptimlError, match="not found"):
+        load_model(str(tmp_path / "nothing"))
