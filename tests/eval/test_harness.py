@@ -176,3 +176,33 @@ def test_load_model_from_engine_checkpoint(tiny_models, tmp_path):
         torch.testing.assert_close(loaded(ids), ours(ids))
     with pytest.raises(OptimlError, match="not found"):
         load_model(str(tmp_path / "nothing"))
+
+
+def test_eval_manifest_reads_task_files_ids_and_levels(tmp_path):
+    from optiml_engine.eval.harness import _task_languages_xlingual
+    from optiml_engine.eval.suite import load_suite
+
+    task = {"Contributors": [], "Source": ["toy"], "URL": [], "Categories": ["Misc."],
+            "Reasoning": [], "Definition": ["Answer."], "Input_language": ["French"],
+            "Output_language": ["French"], "Instruction_language": ["English"], "Domains": [],
+            "Positive Examples": [], "Negative Examples": [],
+            "Instances": [{"id": f"task9-{i}", "input": f"q{i}", "output": [f"r{i}"]}
+                          for i in range(5)],
+            "Instance License": ["MIT"]}
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "task9_toy.json").write_text(json.dumps(task))
+    manifest = {"tasks": [{"path": "tasks/task9_toy.json", "format": "superni",
+                           "level": "held_out_instances", "eval_ids": ["task9-3", "task9-4"],
+                           "demo_ids": ["task9-0", "task9-1", "task9-2"]}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (et,) = load_suite(str(tmp_path))
+    assert et.level == "held_out_instances" and et.name == "task9_toy"
+    assert [i.id for i in et.instances] == ["task9-3", "task9-4"]
+    assert [i.id for i in et.demo_pool] == ["task9-0", "task9-1", "task9-2"]
+    assert _task_languages_xlingual(et.task)  # French: the official xlingual ROUGE-L track
+    manifest["tasks"][0]["eval_ids"] = ["task9-77"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(OptimlError, match="task9-77"):
+        load_suite(str(tmp_path / "manifest.json"))
+    with pytest.raises(OptimlError, match="no manifest"):
+        load_suite(str(tmp_path / "missing"))
