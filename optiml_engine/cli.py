@@ -66,10 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_convert)
 
     delegated = {
-        "data": ("optiml_engine.data.bench", "build an OPT-IML bench: data build BENCH.yaml --out DIR"),
+        "data": (
+            "optiml_engine.data.bench",
+            "build an OPT-IML bench: data build BENCH.yaml --out DIR",
+        ),
         "eval": ("optiml_engine.eval.harness", "evaluate a checkpoint on the three levels"),
         "bench": ("optiml_engine.benchmarks.cli", "kernel and system benchmarks"),
-        "plan": ("optiml_engine.parallel.plan", "memory and layout plan for a recipe"),
+        "plan": ("optiml_engine.planner", "memory per GPU of each parallel layout for a recipe"),
     }
     for verb, (module, help_text) in delegated.items():
         sub = verbs.add_parser(verb, help=help_text, add_help=False)

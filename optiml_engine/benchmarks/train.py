@@ -31,11 +31,19 @@ def hf_throughput(recipe, examples, batch_size: int, steps: int, warmup: int) ->
 
     m = recipe.model
     torch.manual_seed(recipe.train.seed)
-    model = transformers.OPTForCausalLM(transformers.OPTConfig(
-        vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads, ffn_dim=m.ffn_hidden_size,
-        max_position_embeddings=m.max_position_embeddings, word_embed_proj_dim=m.word_embed_proj_dim,
-        do_layer_norm_before=m.pre_layer_norm, dropout=m.dropout)).train()
+    model = transformers.OPTForCausalLM(
+        transformers.OPTConfig(
+            vocab_size=m.vocab_size,
+            hidden_size=m.hidden_size,
+            num_hidden_layers=m.num_layers,
+            num_attention_heads=m.num_heads,
+            ffn_dim=m.ffn_hidden_size,
+            max_position_embeddings=m.max_position_embeddings,
+            word_embed_proj_dim=m.word_embed_proj_dim,
+            do_layer_norm_before=m.pre_layer_norm,
+            dropout=m.dropout,
+        )
+    ).train()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr, foreach=True)
     seq = recipe.data.seq_length
 
@@ -49,8 +57,9 @@ def hf_throughput(recipe, examples, batch_size: int, steps: int, warmup: int) ->
         for r, (tokens, n_target) in enumerate(rows):
             ids[r, : len(tokens)] = torch.tensor(tokens)
             mask[r, : len(tokens)] = 1
-            labels[r, len(tokens) - n_target : len(tokens)] = ids[r, len(tokens) - n_target :
-                                                                  len(tokens)]
+            labels[r, len(tokens) - n_target : len(tokens)] = ids[
+                r, len(tokens) - n_target : len(tokens)
+            ]
         return ids, mask, labels
 
     tokens, start = 0.0, None
@@ -81,9 +90,11 @@ def main(argv=None) -> int:
     examples = tokenize_pairs(training_text(recipe), trainer.tokenizer)
     per_step = trainer.samples.num_examples * recipe.train.global_batch_size // len(trainer.samples)
     hf_tps = hf_throughput(recipe, examples, max(1, per_step), args.steps, args.warmup)
-    print(f"threads {torch.get_num_threads()} | model {recipe.model.hidden_size}d x "
-          f"{recipe.model.num_layers} layers | seq {recipe.data.seq_length} | "
-          f"{recipe.train.global_batch_size} packed samples/step vs {per_step} padded examples/step")
+    print(
+        f"threads {torch.get_num_threads()} | model {recipe.model.hidden_size}d x "
+        f"{recipe.model.num_layers} layers | seq {recipe.data.seq_length} | "
+        f"{recipe.train.global_batch_size} packed samples/step vs {per_step} padded examples/step"
+    )
     print(f"engine (packed):        {engine_tps:10.0f} target tokens/s")
     print(f"transformers (padded):  {hf_tps:10.0f} target tokens/s")
     print(f"ratio engine / transformers: {engine_tps / hf_tps:.2f}x")

@@ -15,11 +15,21 @@ FIELDS = ("tokens", "labels", "loss_mask", "position_ids", "doc_ids")
 
 
 class PackedLoader:
-    def __init__(self, samples, global_batch_size: int, micro_batch_size: int,
-                 dp_rank: int = 0, dp_size: int = 1, seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        samples,
+        global_batch_size: int,
+        micro_batch_size: int,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
         if global_batch_size % (micro_batch_size * dp_size):
-            raise ValueError(f"global batch {global_batch_size} is not a multiple of micro batch "
-                             f"{micro_batch_size} x data-parallel size {dp_size}")
+            raise ValueError(
+                f"global batch {global_batch_size} is not a multiple of micro batch "
+                f"{micro_batch_size} x data-parallel size {dp_size}"
+            )
         self.samples = samples
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
@@ -46,7 +56,9 @@ class PackedLoader:
         batches = []
         for i in range(0, per_rank, self.micro_batch_size):
             rows = indices[i : i + self.micro_batch_size]
-            batch = {f: torch.from_numpy(np.asarray(getattr(self.samples, f)[rows])) for f in FIELDS}
+            batch = {
+                f: torch.from_numpy(np.asarray(getattr(self.samples, f)[rows])) for f in FIELDS
+            }
             batch = {f: t.long() if f != "loss_mask" else t.float() for f, t in batch.items()}
             batches.append(batch)
         return batches

@@ -31,8 +31,9 @@ class OPTAttention(nn.Module):
         self.dropout = cfg.attention_dropout
 
     def forward(self, x, doc_ids, kv_doc_ids, kv_cache: KVCache | None, layer: int):
-        batch, seq = x.shape[:2]
-        q, k, v = self.qkv_proj(x).view(batch, seq, -1, 3, self.head_dim).unbind(3)
+        qkv = self.qkv_proj(x)  # its shape, not x's: under sequence parallelism x is a shard
+        batch, seq = qkv.shape[:2]
+        q, k, v = qkv.view(batch, seq, -1, 3, self.head_dim).unbind(3)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)
         out = attention(q, k, v, doc_ids, kv_doc_ids,

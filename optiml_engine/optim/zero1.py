@@ -1,0 +1,145 @@
+"""Mixed-precision AdamW over one flat buffer, optionally ZeRO-1 sharded over data parallelism.
+
+The model's parameters (fp32, bf16 or fp16) are laid end to end in a flat fp32 space. Each rank
+of the shard group owns one contiguous slice of it and keeps, for that slice only, the fp32
+master weights and both Adam moments. A step:
+
+  1. flattens the gradients; with ZeRO-1 reduce-scatters them (sum) so each rank gets its
+     slice, otherwise the slice is everything (gradients were already all-reduced);
+  2. unscales (fp16), skips the step if any rank saw inf/NaN, computes the global norm (each
+     element counted once, see optim.clip) and clips;
+  3. runs AdamW on the slice (the same operations as torch.optim.AdamW's foreach path);
+  4. all-gathers the updated slices and copies them into the model's parameters.
+
+Weight decay applies to parameters with 2 or more dimensions (OPT-IML: not biases/LayerNorm).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optiml_engine.optim.clip import clip_coefficient, global_norm, local_squares
+from optiml_engine.optim.loss_scaler import ConstantLossScaler, found_inf_anywhere
+from optiml_engine.parallel.mappings import (
+    all_gather_into_tensor,
+    group_rank,
+    group_size,
+    reduce_scatter_tensor,
+)
+
+
+class FlatAdamW:
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, shard_group=None, count_weights=None,
+                 count_here: bool = True, world_group=None):
+        """`count_weights[i]` says whether params[i] counts in the global norm on this rank;
+        `count_here=False` drops this rank's whole buffer from the norm (without ZeRO, the
+        data-parallel replicas hold identical gradients and only the first one counts).
+        `world_group`: every rank of the model (global norm, overflow check); None: one rank."""
+        self.params = list(params)
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.group, self.world_group = shard_group, world_group
+        self.shards = group_size(shard_group)
+        self.shard_rank = group_rank(shard_group)
+        self.numels = [p.numel() for p in self.params]
+        self.offsets = [sum(self.numels[:i]) for i in range(len(self.params))]
+        total = sum(self.numels)
+        self.shard_size = -(-total // self.shards) if total else 0
+        self.padded = self.shard_size * self.shards
+        start = self.shard_rank * self.shard_size
+        self.start, self.end = start, start + self.shard_size
+        device = self.params[0].device if self.params else torch.device("cpu")
+        counts = count_weights if count_weights is not None else [True] * len(self.params)
+        decay = torch.zeros(self.padded, device=device)
+        count = torch.zeros(self.padded, device=device)
+        for p, o, n, c in zip(self.params, self.offsets, self.numels, counts, strict=True):
+            decay[o:o + n] = 1.0 if p.ndim >= 2 else 0.0
+            count[o:o + n] = 1.0 if c else 0.0
+        if not count_here:
+            count.zero_()
+        self.decay_mask = decay[self.start:self.end].clone()
+        self.count_mask = count[self.start:self.end].clone()
+        self.master = self._flatten([p.detach() for p in self.params])[self.start:self.end].clone()
+        self.exp_avg = torch.zeros_like(self.master)
+        self.exp_avg_sq = torch.zeros_like(self.master)
+        self.step_count = 0
+
+    # -- flat <-> parameters ---------------------------------------------------------------
+
+    def _flatten(self, tensors) -> torch.Tensor:
+        device = self.params[0].device if self.params else torch.device("cpu")
+        flat = torch.zeros(self.padded, dtype=torch.float32, device=device)
+        for t, o, n in zip(tensors, self.offsets, self.numels, strict=True):
+            if t is not None:
+                flat[o:o + n] = t.reshape(-1).float()
+        return flat
+
+    def _gather(self, shard: torch.Tensor) -> torch.Tensor:
+        if self.shards == 1:
+            return shard
+        full = torch.empty(self.padded, dtype=shard.dtype, device=shard.device)
+        all_gather_into_tensor(full, shard.contiguous(), group=self.group)
+        return full
+
+    def _grad_shard(self) -> torch.Tensor:
+        flat = self._flatten([p.grad for p in self.params])
+        if self.shards == 1:
+            return flat
+        shard = torch.empty(self.shard_size, dtype=flat.dtype, device=flat.device)
+        reduce_scatter_tensor(shard, flat, group=self.group)
+        return shard
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    # -- the step --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, lr: float | None = None, max_norm: float = 0.0,
+             scaler=None) -> dict[str, float]:
+        """One update; returns {"grad_norm", "skipped", "loss_scale"} (norm before clipping)."""
+        scaler = scaler or ConstantLossScaler()
+        lr = self.lr if lr is None else lr
+        grad = self._grad_shard()
+        if scaler.scale != 1.0:
+            grad.div_(scaler.scale)
+        if scaler.dynamic and scaler.update(found_inf_anywhere([grad], self.world_group)):
+            return {"grad_norm": float("nan"), "skipped": 1.0, "loss_scale": scaler.scale}
+        norm = global_norm(local_squares([grad], [self.count_mask]), self.world_group)
+        if max_norm > 0:
+            grad.mul_(clip_coefficient(norm, max_norm).to(grad.device))
+        self._adamw(grad, lr)
+        full = self._gather(self.master)
+        for p, o, n in zip(self.params, self.offsets, self.numels, strict=True):
+            p.copy_(full[o:o + n].view_as(p))
+        return {"grad_norm": float(norm), "skipped": 0.0, "loss_scale": scaler.scale}
+
+    def _adamw(self, grad: torch.Tensor, lr: float) -> None:
+        beta1, beta2 = self.betas
+        self.step_count += 1
+        self.master.mul_(1.0 - lr * self.weight_decay * self.decay_mask)
+        self.exp_avg.lerp_(grad, 1.0 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        bias1 = 1.0 - beta1**self.step_count
+        bias2_sqrt = (1.0 - beta2**self.step_count) ** 0.5
+        denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
+        self.master.addcdiv_(self.exp_avg, denom, value=-(lr / bias1))
+
+    # -- per-parameter state for checkpoints (layout independent) ----------------------------
+
+    def param_states(self) -> list[dict[str, torch.Tensor]]:
+        """For each parameter: fp32 master, exp_avg, exp_avg_sq shaped like it (all-gathers)."""
+        fulls = {k: self._gather(getattr(self, k)) for k in ("master", "exp_avg", "exp_avg_sq")}
+        return [{k: f[o:o + n].view(p.shape) for k, f in fulls.items()}
+                for p, o, n in zip(self.params, self.offsets, self.numels, strict=True)]
+
+    @torch.no_grad()
+    def load_param_states(self, states: list[dict[str, torch.Tensor]], step: int) -> None:
+        for key in ("master", "exp_avg", "exp_avg_sq"):
+            flat = self._flatten([s[key] for s in states])
+            getattr(self, key).copy_(flat[self.start:self.end])
+        self.step_count = int(step)
+        full = self._gather(self.master)
+        for p, o, n in zip(self.params, self.offsets, self.numels, strict=True):
+            p.copy_(full[o:o + n].view_as(p))

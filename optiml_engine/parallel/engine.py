@@ -1,0 +1,164 @@
+"""One training step of an OPT model under any tensor x data x pipeline layout.
+
+`ParallelEngine` takes the whole model (initialised identically on every rank), keeps this
+rank's part (tensor-parallel slices, pipeline stage), and runs steps:
+
+  micro-batches -> (1F1B over stages) forward + backward of sum(loss) * scale / target_tokens
+  -> data-parallel gradient sum (bucketed all-reduce overlapped with backward, or ZeRO-1's
+  reduce-scatter) -> sequence-parallel and tied-embedding gradient sums -> unscale, skip on
+  inf/NaN, global-norm clip, AdamW on fp32 master weights -> loss reported on every rank.
+
+target_tokens counts the loss-mask tokens of the whole global batch (every micro-batch of every
+data-parallel rank), OPT-IML's normalisation, so every layout computes the same loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from optiml_engine.errors import OptimlError
+from optiml_engine.optim.clip import counts_once_over_tp
+from optiml_engine.optim.loss_scaler import build_loss_scaler
+from optiml_engine.optim.zero1 import FlatAdamW
+from optiml_engine.parallel import mappings, state
+from optiml_engine.parallel.cross_entropy import vocab_parallel_masked_cross_entropy
+from optiml_engine.parallel.data_parallel import GradBucketer
+from optiml_engine.parallel.pipeline import decoder_layers, keep_stage, one_f_one_b
+from optiml_engine.parallel.random import checkpoint, model_parallel_seed
+from optiml_engine.parallel.tensor_parallel import (
+    apply_tensor_parallel,
+    sync_sequence_parallel_grads,
+)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
+    if mappings.group_size(group) > 1:
+        dist.all_reduce(t, group=group)
+    return t
+
+
+class ParallelEngine:
+    def __init__(self, model, parallel, optim, precision, seed: int = 0):
+        """parallel, optim, precision: the recipe's ParallelConfig, OptimConfig,
+        PrecisionConfig. The grid (parallel.state) must be initialised, or absent for 1 rank."""
+        g = self.grid = state.grid()
+        if parallel.virtual_stages > 1:
+            raise OptimlError("recipe: parallel.virtual_stages",
+                              "the interleaved schedule is not implemented yet",
+                              "set parallel.virtual_stages=1 (1F1B)")
+        if parallel.tp != g.tp or parallel.pp != g.pp:
+            raise ValueError(f"recipe layout tp={parallel.tp} pp={parallel.pp} differs from "
+                             f"the initialised grid tp={g.tp} pp={g.pp}")
+        self.sp = parallel.sp and g.tp > 1
+        self.recompute = parallel.recompute == "full"
+        self.first, self.last = state.is_first_stage(), state.is_last_stage()
+        apply_tensor_parallel(model, state.tp_group(), self.sp)
+        if g.pp > 1:
+            keep_stage(model, g.pp_rank, g.pp)
+        if g.tp > 1:
+            model_parallel_seed(seed, g.tp_rank)
+        self.model = model
+        self.config = model.config
+        params = [p for p in model.parameters() if p.requires_grad]
+        tied = model.decoder.embed_tokens.weight if g.pp > 1 and self.last else None
+        self.tied_weight = model.decoder.embed_tokens.weight if g.pp > 1 and (
+            self.first or self.last) else None
+        counts = [counts_once_over_tp(p, g.tp_rank) and p is not tied for p in params]
+        zero1 = parallel.zero1 and g.dp > 1
+        self.optimizer = FlatAdamW(
+            params, lr=optim.lr, betas=optim.betas, eps=optim.eps,
+            weight_decay=optim.weight_decay, shard_group=state.dp_group() if zero1 else None,
+            count_weights=counts, count_here=zero1 or g.dp_rank == 0,
+            world_group=state.world_group())
+        self.dtype = DTYPES[precision.dtype]
+        model.to(self.dtype)  # after the optimizer took its fp32 master copy
+        self.bucketer = None if zero1 else GradBucketer(params, state.dp_group(),
+                                                        parallel.bucket_mb)
+        self.scaler = build_loss_scaler(precision)
+        self.device = params[0].device
+
+    # -- forward of this stage ----------------------------------------------------------------
+
+    def stage_forward(self, batch, x):
+        """The received activation x (None on the first stage) -> activation to send, or the
+        fp32 summed masked loss on the last stage."""
+        dec = self.model.decoder
+        h = dec.embed(batch["tokens"], batch["position_ids"]) if self.first else x
+        doc_ids = batch["doc_ids"]
+        for layer in decoder_layers(self.model):
+            if self.recompute and torch.is_grad_enabled():
+                h = checkpoint(layer, h, doc_ids, doc_ids)
+            else:
+                h = layer(h, doc_ids, doc_ids)
+        if not self.last:
+            return h
+        h = dec.head(h)
+        if self.sp:
+            h = mappings.gather_from_sequence_parallel_region(h)
+        else:
+            h = mappings.copy_to_tp_region(h)
+        logits = F.linear(h, dec.embed_tokens.weight)
+        return vocab_parallel_masked_cross_entropy(
+            logits, batch["labels"], batch["loss_mask"],
+            getattr(dec.embed_tokens, "vocab_start", 0), state.tp_group())
+
+    def activation_shape(self, batch) -> tuple[int, int, int]:
+        b, s = batch["tokens"].shape
+        return (b, s // self.grid.tp if self.sp else s, self.config.hidden_size)
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def train_step(self, micro_batches, lr: float, max_norm: float) -> dict[str, float]:
+        """micro_batches: this data-parallel rank's dicts of tokens, labels, loss_mask,
+        position_ids, doc_ids (all [micro_batch, seq])."""
+        g = self.grid
+        batches = [{k: v.to(self.device) for k, v in b.items()} for b in micro_batches]
+        n_tokens = torch.tensor([sum(float(b["loss_mask"].sum()) for b in batches)],
+                                dtype=torch.float64, device=self.device)
+        n_tokens = float(_all_reduce(n_tokens, state.dp_group())[0])
+        weight = self.scaler.scale / max(n_tokens, 1.0)
+        self.optimizer.zero_grad()
+        losses: list[torch.Tensor] = []
+        last_micro = len(batches) - 1
+
+        def forward_step(i, x):
+            return self.stage_forward(batches[i], x)
+
+        def backward_step(i, x, y, dy):
+            if self.bucketer is not None and i == last_micro:
+                self.bucketer.sync = True
+            if self.last:
+                losses.append(y.detach())
+                torch.autograd.backward(y * weight)
+            else:
+                torch.autograd.backward(y, dy)
+            return x.grad if x is not None else None
+
+        if g.pp == 1:
+            for i in range(len(batches)):
+                backward_step(i, None, forward_step(i, None), None)
+        else:
+            one_f_one_b(forward_step, backward_step, len(batches), g.pp_rank, g.pp,
+                        state.pp_ranks(), self.activation_shape(batches[0]), self.dtype,
+                        self.device)
+        self.sync_grads()
+        out = self.optimizer.step(lr, max_norm, self.scaler)
+        loss = torch.zeros(1, dtype=torch.float64, device=self.device)
+        if losses:
+            loss += sum(float(v) for v in losses)
+        _all_reduce(loss, state.dp_group())
+        _all_reduce(loss, state.pp_group())  # only the last stage holds a non-zero sum
+        return {"loss": float(loss[0]) / max(n_tokens, 1.0), "target_tokens": n_tokens, **out}
+
+    def sync_grads(self) -> None:
+        """Finish the data-parallel sum, then the tensor-parallel (SP) and tied-weight sums."""
+        if self.bucketer is not None:
+            self.bucketer.finish()
+        if self.sp:
+            sync_sequence_parallel_grads(self.model, state.tp_group())
+        if self.tied_weight is not None and self.tied_weight.grad is not None:
+            _all_reduce(self.tied_weight.grad, state.embed_group())

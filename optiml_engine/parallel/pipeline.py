@@ -1,0 +1,124 @@
+"""Pipeline parallelism: stage partitioning of an OPT model and the 1F1B schedule.
+
+Stage s keeps a contiguous range of decoder layers (as `decoder.layers`, a ModuleDict keyed by
+the global layer index, so parameter names do not depend on the layout). The first stage also
+keeps the embeddings; the last keeps the final LayerNorm and a copy of the token embedding as
+the tied output layer, whose gradient is summed with the first stage's over the "embed" group.
+
+1F1B (PipeDream-flush, as in Megatron): stage s runs pp - s - 1 warm-up forwards, then
+alternates one forward and one backward, then drains the remaining backwards. Activations
+exchanged between stages have a fixed shape [micro_batch, seq (/ tp with SP), hidden] (packed
+samples all have the same length), so receivers pre-allocate their buffers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def stage_layer_range(num_layers: int, pp: int, stage: int) -> range:
+    """Contiguous layers of `stage`; earlier stages take one more when it does not divide."""
+    if num_layers < pp:
+        raise ValueError(f"{num_layers} layers cannot fill {pp} pipeline stages")
+    base, extra = divmod(num_layers, pp)
+    start = stage * base + min(stage, extra)
+    return range(start, start + base + (1 if stage < extra else 0))
+
+
+def keep_stage(model, stage: int, pp: int):
+    """Drop from `model` (in place) what stage `stage` of `pp` does not run; returns model."""
+    dec = model.decoder
+    layers = stage_layer_range(len(dec.layers), pp, stage)
+    dec.layers = nn.ModuleDict({str(i): dec.layers[i] for i in layers})
+    first, last = stage == 0, stage == pp - 1
+    if not first:
+        dec.embed_positions = None
+        dec.project_in = None
+    if not last:
+        dec.final_layer_norm = None
+        dec.project_out = None
+    if not first and not last:
+        dec.embed_tokens = None
+    return model
+
+
+def decoder_layers(model):
+    layers = model.decoder.layers
+    return list(layers.values()) if isinstance(layers, nn.ModuleDict) else list(layers)
+
+
+def _exchange(send_next=None, send_prev=None, recv_next=None, recv_prev=None, peers=(None, None)):
+    """Post every send and receive at once, then wait: neighbours that both send never block."""
+    prev, nxt = peers
+    works = []
+    if send_next is not None:
+        works.append(dist.isend(send_next.contiguous(), nxt))
+    if send_prev is not None:
+        works.append(dist.isend(send_prev.contiguous(), prev))
+    if recv_next is not None:
+        works.append(dist.irecv(recv_next, nxt))
+    if recv_prev is not None:
+        works.append(dist.irecv(recv_prev, prev))
+    for w in works:
+        w.wait()
+
+
+def one_f_one_b(forward_step, backward_step, num_micro: int, stage: int, pp: int,
+                stage_ranks: list[int], shape, dtype, device) -> None:
+    """Run the 1F1B schedule of this stage.
+
+    forward_step(i, x) -> y: x is the received activation (None on the first stage), y the
+    activation to send (the loss on the last stage). backward_step(i, x, y, dy) -> dx.
+    """
+    first, last = stage == 0, stage == pp - 1
+    peers = (None if first else stage_ranks[stage - 1], None if last else stage_ranks[stage + 1])
+
+    def buffer(grad: bool):
+        return torch.empty(shape, dtype=dtype, device=device, requires_grad=grad)
+
+    def recv_forward():
+        if first:
+            return None
+        x = buffer(False)
+        _exchange(recv_prev=x, peers=peers)
+        return x.requires_grad_()
+
+    warmup = min(pp - stage - 1, num_micro)
+    steady = num_micro - warmup
+    saved: deque = deque()
+    fwd_i = 0
+
+    for _ in range(warmup):
+        x = recv_forward()
+        y = forward_step(fwd_i, x)
+        _exchange(send_next=None if last else y.detach(), peers=peers)
+        saved.append((fwd_i, x, y))
+        fwd_i += 1
+
+    x = recv_forward() if steady else None
+    for k in range(steady):
+        y = forward_step(fwd_i, x)
+        saved.append((fwd_i, x, y))
+        fwd_i += 1
+        dy = None if last else buffer(False)
+        _exchange(send_next=None if last else y.detach(), recv_next=dy, peers=peers)
+        i, x0, y0 = saved.popleft()
+        dx = backward_step(i, x0, y0, dy)
+        if k == steady - 1:
+            _exchange(send_prev=None if first else dx, peers=peers)
+        else:
+            x = None if first else buffer(False)
+            _exchange(send_prev=None if first else dx, recv_prev=x, peers=peers)
+            if x is not None:
+                x.requires_grad_()
+
+    while saved:
+        i, x0, y0 = saved.popleft()
+        dy = None if last else buffer(False)
+        _exchange(recv_next=dy, peers=peers)
+        dx = backward_step(i, x0, y0, dy)
+        _exchange(send_prev=None if first else dx, peers=peers)

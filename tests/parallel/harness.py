@@ -1,0 +1,153 @@
+"""Shared pieces of the multi-process tests: a tiny OPT, synthetic packed batches, the
+single-process reference loop (the lead's model + torch AdamW + clip_grad_norm_, independent of
+the parallel code) and a spawner of gloo process groups."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from optiml_engine.config import ModelConfig, OptimConfig, ParallelConfig, PrecisionConfig
+from optiml_engine.model import OPTForCausalLM
+from optiml_engine.optim.builder import build_optimizer
+
+SEED = 1234
+SEQ = 16
+VOCAB = 64
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    fields = dict(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=4, ffn_hidden_size=64,
+                  max_position_embeddings=64, dropout=0.0, attention_dropout=0.0)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def optim_config() -> OptimConfig:
+    return OptimConfig(lr=1e-3, weight_decay=0.1, clip_grad=0.5, warmup_steps=0)
+
+
+def parallel_config(tp=1, pp=1, sp=False, zero1=False, recompute="none", bucket_mb=0.002):
+    # A tiny bucket size so the model's gradients span several buckets.
+    return ParallelConfig(tp=tp, pp=pp, sp=sp, zero1=zero1, recompute=recompute,
+                          bucket_mb=bucket_mb)
+
+
+def precision_config(dtype="fp32", **kw) -> PrecisionConfig:
+    return PrecisionConfig(dtype=dtype, **kw)
+
+
+def make_steps(steps: int, global_batch: int, seq: int = SEQ, vocab: int = VOCAB,
+               seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Per step, [global_batch, seq] packed samples: 1-3 documents per row, restarting
+    positions, a few pad tokens (id 1) at the end of some rows, and a random loss mask."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        tokens = torch.randint(3, vocab, (global_batch, seq), generator=g)
+        labels = torch.randint(3, vocab, (global_batch, seq), generator=g)
+        mask = (torch.rand(global_batch, seq, generator=g) < 0.7).float()
+        doc = torch.zeros(global_batch, seq, dtype=torch.long)
+        pos = torch.zeros(global_batch, seq, dtype=torch.long)
+        for r in range(global_batch):
+            cuts = sorted(torch.randint(1, seq, (2,), generator=g).tolist())
+            d = 0
+            start = 0
+            for i in range(seq):
+                if i in cuts and i != start:
+                    d, start = d + 1, i
+                doc[r, i], pos[r, i] = d, i - start
+            if r % 3 == 0:  # padding at the end of the row: its own document, no loss
+                tokens[r, -2:], mask[r, -2:], doc[r, -2:] = 1, 0.0, d + 1
+        out.append({"tokens": tokens, "labels": labels, "loss_mask": mask,
+                    "position_ids": pos, "doc_ids": doc})
+    return out
+
+
+def micro_batches(step: dict, dp_rank: int, dp: int, micro: int) -> list[dict]:
+    """This data-parallel rank's contiguous slice of the step, cut into micro-batches (as the
+    trainer's PackedLoader does)."""
+    n = next(iter(step.values())).shape[0] // dp
+    rows = range(dp_rank * n, (dp_rank + 1) * n)
+    return [{k: v[rows.start + i: rows.start + i + micro] for k, v in step.items()}
+            for i in range(0, n, micro)]
+
+
+def reference_run(steps: list[dict], micro: int, cfg=None, optim=None) -> dict:
+    """One process, plain model: losses, grad norms and final weights."""
+    cfg, optim = cfg or tiny_config(), optim or optim_config()
+    torch.manual_seed(SEED)
+    model = OPTForCausalLM(cfg)
+    opt = build_optimizer(model, optim)
+    losses, norms = [], []
+    for step in steps:
+        n = float(step["loss_mask"].sum())
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for b in micro_batches(step, 0, 1, micro):
+            loss = model.loss_sum(b["tokens"], b["position_ids"], b["doc_ids"], b["labels"],
+                                  b["loss_mask"])
+            (loss / n).backward()
+            total += float(loss.detach())
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad)))
+        for group in opt.param_groups:
+            group["lr"] = optim.lr
+        opt.step()
+        losses.append(total / n)
+    return {"losses": losses, "norms": norms,
+            "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+
+def local_reference(name: str, param, full: torch.Tensor, tp: int, tp_rank: int):
+    dim = getattr(param, "tp_shard_dim", None)
+    return full if dim is None or tp == 1 else full.chunk(tp, dim)[tp_rank]
+
+
+def without_key_bias(name: str, t: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """The key bias has an exactly-zero true gradient (adding a constant to every key shifts a
+    query's scores uniformly, which softmax ignores), so its computed gradient is round-off that
+    Adam normalises into full-size, run-dependent steps. Compare everything else."""
+    if not name.endswith("qkv_proj.bias"):
+        return t
+    per_head = t.view(-1, 3, head_dim)
+    return torch.cat([per_head[:, 0], per_head[:, 2]], dim=1).reshape(-1)
+
+
+def max_weight_error(model, ref_weights: dict, tp: int, tp_rank: int) -> float:
+    """Largest ||local - reference|| / ||reference|| over this rank's parameter tensors (a norm,
+    not an elementwise max: Adam turns an element whose gradient is at round-off level, such
+    as a ReLU unit on its kink, into a whole step either way)."""
+    head_dim = model.config.hidden_size // model.config.num_heads
+    worst = 0.0
+    for name, p in model.named_parameters():
+        ref = local_reference(name, p, ref_weights[name], tp, tp_rank)
+        got = without_key_bias(name, p.detach().float(), head_dim)
+        ref = without_key_bias(name, ref, head_dim)
+        err = float((got - ref).norm() / ref.norm().clamp_min(1e-12))
+        worst = max(worst, err)
+    return worst
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, fn, world, port, args):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn, world: int, *args) -> None:
+    """Run fn(rank, *args) on `world` fresh processes joined in one gloo group."""
+    mp.spawn(_entry, args=(fn, world, free_port(), args), nprocs=world, join=True)

@@ -1,0 +1,62 @@
+"""The worker of the layout tests: every layout of a list runs on one set of processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from harness import (
+    SEED,
+    max_weight_error,
+    micro_batches,
+    optim_config,
+    parallel_config,
+    precision_config,
+    tiny_config,
+)
+
+from optiml_engine.model import OPTForCausalLM
+from optiml_engine.parallel import state
+from optiml_engine.parallel.engine import ParallelEngine
+
+
+def layout_name(layout: dict) -> str:
+    return "-".join(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in layout.items())
+
+
+def run_layout(rank: int, layout: dict, steps, reference, micro: int) -> dict | None:
+    """Train `steps` under `layout` and compare with `reference` on this rank."""
+    tp, pp, dp = layout["tp"], layout["pp"], layout["dp"]
+    grid = state.initialize(tp, pp, world_size=tp * pp * dp)
+    try:
+        if not state.in_grid():
+            return None
+        torch.manual_seed(SEED)
+        model = OPTForCausalLM(tiny_config())
+        par = parallel_config(tp, pp, layout.get("sp", False), layout.get("zero1", False),
+                              layout.get("recompute", "none"))
+        engine = ParallelEngine(model, par, optim_config(), precision_config(), SEED)
+        losses, norms = [], []
+        for step in steps:
+            out = engine.train_step(micro_batches(step, grid.dp_rank, dp, micro),
+                                    optim_config().lr, optim_config().clip_grad)
+            losses.append(out["loss"])
+            norms.append(out["grad_norm"])
+        weight_err = max_weight_error(engine.model, reference["weights"], tp, grid.tp_rank)
+        return {"losses": losses, "norms": norms, "weight_err": weight_err,
+                "params": sorted(n for n, _ in engine.model.named_parameters())}
+    finally:
+        state.destroy(keep_process_group=True)
+        dist.barrier()
+
+
+def worker(rank: int, layouts: list[dict], data_path: str, out_dir: str) -> None:
+    data = torch.load(data_path, weights_only=True)
+    results = {}
+    for layout in layouts:
+        res = run_layout(rank, layout, data["steps"], data["reference"], data["micro"])
+        if res is not None:
+            results[layout_name(layout)] = res
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
