@@ -1,13 +1,14 @@
 """What an evaluation runs on: `EvalTask`s, each a task of one level with the instances to score
 and the pool its k-shot demonstrations come from.
 
-Levels (OPT-IML Bench): `held_out_categories` (no task of the category was trained on),
-`held_out_tasks` (unseen tasks of seen categories) and `held_out_instances` (unseen instances of
-training tasks; demonstrations then come from the task's training instances only).
+Levels (OPT-IML Bench, named as the bench builder names them): `heldout_category` (no task of the
+category was trained on), `heldout_task` (unseen tasks of seen categories) and `heldout_instance`
+(unseen instances of training tasks; demonstrations then come from the task's training instances
+only).
 
 `load_suite(spec)` reads:
-- a bench manifest, through `optiml_engine.data.bench.load_eval_tasks(path)` when the bench builder
-  provides it (it returns EvalTask-like objects: task, level, instances, demo_pool);
+- a bench built by `optiml data build` (its directory or its manifest.json), through
+  `optiml_engine.data.bench_store.BuiltBench.eval_sets()`;
 - an eval manifest JSON: {"tasks": [{"path": task file, "format": "superni", "level": ...,
   "eval_ids": [...] (optional, default all), "demo_ids": [...] (optional)}]}, paths relative to
   the manifest;
@@ -25,7 +26,7 @@ from typing import Any
 
 from optiml_engine.errors import OptimlError
 
-LEVELS = ("held_out_categories", "held_out_tasks", "held_out_instances")
+LEVELS = ("heldout_category", "heldout_task", "heldout_instance")
 
 
 @dataclass
@@ -85,12 +86,12 @@ def synthetic_suite(seed: int = 0, instances_per_task: int = 50) -> list[EvalTas
     suite = []
     for task in tasks:
         if task.category in held_categories:
-            suite.append(EvalTask(task, "held_out_categories", list(task.instances)))
+            suite.append(EvalTask(task, "heldout_category", list(task.instances)))
         elif last_of_category[task.category] == task.name:
-            suite.append(EvalTask(task, "held_out_tasks", list(task.instances)))
+            suite.append(EvalTask(task, "heldout_task", list(task.instances)))
         else:
             cut = len(task.instances) - max(1, len(task.instances) // 5)
-            suite.append(EvalTask(task, "held_out_instances", task.instances[cut:],
+            suite.append(EvalTask(task, "heldout_instance", task.instances[cut:],
                                   task.instances[:cut]))
     return suite
 
@@ -105,16 +106,29 @@ def load_suite(spec: str) -> list[EvalTask]:
         raise OptimlError(f"--bench {spec}", "no manifest there",
                           "pass a bench manifest.json (or its directory), or 'synthetic'")
     try:
-        from optiml_engine.data.bench import load_eval_tasks
-    except ImportError:
-        load_eval_tasks = None
-    try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise OptimlError(str(path), f"not valid JSON ({e})", "rebuild the bench") from None
-    if load_eval_tasks is not None and not _is_eval_manifest(data):
-        return list(load_eval_tasks(path))
-    return _read_eval_manifest(path)
+    if _is_eval_manifest(data):
+        return _read_eval_manifest(path)
+    return built_bench_suite(path.parent)
+
+
+def built_bench_suite(directory: Path) -> list[EvalTask]:
+    """The eval sets of a built bench. Held-out instances draw their demonstrations from the
+    task's other (training) instances; held-out tasks and categories from the task's instances
+    (the prompt renderer never uses the query itself)."""
+    from optiml_engine.data.bench_store import BuiltBench
+
+    suite = []
+    for level, pairs in BuiltBench(directory).eval_sets().items():
+        for task, instances in pairs:
+            pool = None
+            if level == "heldout_instance":
+                held = set(task.meta.get("eval_ids", ()))
+                pool = [i for i in task.instances if i.id not in held]
+            suite.append(EvalTask(task, level, list(instances), pool))
+    return suite
 
 
 def _is_eval_manifest(data) -> bool:
