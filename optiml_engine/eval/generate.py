@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from optiml_engine.eval.batching import REAL_DOC, left_pad, output_logits
+from optiml_engine.eval.batching import REAL_DOC, greedy_tokens, left_pad
 from optiml_engine.eval.static_cache import PreallocatedKVCache
 
 
@@ -33,7 +33,7 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int = 256,
     rows = torch.arange(len(prompts), device=device)  # original index of each live row
     positions = lengths.clone()
     for step in range(max_new_tokens):
-        tokens = output_logits(model, hidden)[..., :vocab_limit].argmax(dim=-1)
+        tokens = greedy_tokens(model, hidden, vocab_limit)
         finished = tokens == eos_id
         for row, tok, done in zip(rows.tolist(), tokens.tolist(), finished.tolist(), strict=True):
             if not done:
