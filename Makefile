@@ -14,10 +14,10 @@ EVAL_DEMO := --bench runs/bench-synthetic --max-instances 10 --max-new-tokens 24
 demo: install
 	$(PYTHON) -m optiml_engine data build recipes/bench/synthetic.yaml --out runs/bench-synthetic
 	$(PYTHON) -m optiml_engine train recipes/demo.yaml
-	@echo "== the untrained model on the three levels"
-	$(PYTHON) -m optiml_engine eval --checkpoint runs/demo/checkpoints/initial $(EVAL_DEMO) --out runs/demo/eval-untrained
-	@echo "== the instruction-tuned model on the three levels"
-	$(PYTHON) -m optiml_engine eval --checkpoint runs/demo/checkpoints $(EVAL_DEMO) --out runs/demo/eval
+	# the trained model on the three levels, next to the same model untrained
+	$(PYTHON) -m optiml_engine eval --checkpoint runs/demo/checkpoints $(EVAL_DEMO) \
+		--baseline runs/demo/checkpoints/initial --history runs/demo/tb/eval_history.jsonl \
+		--out runs/demo/eval
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -2,8 +2,10 @@ import json
 import random
 
 import pytest
+import yaml
 
 from optiml_engine.config import load_recipe
+from optiml_engine.data.bench import build_bench
 
 
 def write_src_tgt(path, n: int, seed: int = 0):
@@ -43,3 +45,25 @@ def tiny_recipe(tmp_path):
         return load_recipe(None, base + list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def bench_dir(tmp_path_factory):
+    """A small synthetic bench (28 tasks x 30 instances), built once per test session."""
+    tmp = tmp_path_factory.mktemp("mix")
+    cfg = {
+        "name": "m",
+        "seed": 0,
+        "tokenizer": "byte",
+        "sources": [
+            {"name": "superni", "format": "synthetic", "instances_per_task": 30, "num_tasks": 28}
+        ],
+        "held_out": {
+            "categories": ["Counting"],
+            "tasks_per_category": 1,
+            "instances": 0.2,
+        },
+    }
+    (tmp / "b.yaml").write_text(yaml.safe_dump(cfg))
+    build_bench(tmp / "b.yaml", tmp / "out")
+    return tmp

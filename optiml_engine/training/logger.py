@@ -25,10 +25,10 @@ class MetricsLogger:
         if self.console:
             print(message, file=sys.stderr, flush=True)
 
-    def scalars(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
+    def scalars(self, step: int, metrics: dict[str, float], prefix: str | None = "train") -> None:
         if self.writer is not None:
             for key, value in metrics.items():
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+                self.writer.add_scalar(f"{prefix}/{key}" if prefix else key, value, step)
 
     def progress(self, step: int, metrics: dict[str, float]) -> None:
         """A console line after `step` optimizer steps, with the ETA of the remaining ones."""

@@ -61,6 +61,7 @@ class Trainer:
         self.loader = self.build_loader()
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.evaluator = self.build_evaluator()
         if recipe.checkpoint.load:
             self.resume(recipe.checkpoint.load)
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -76,6 +77,16 @@ class Trainer:
 
     def build_loader(self, dp_rank: int = 0, dp_size: int = 1):
         return build_loader(self.recipe, self.tokenizer, dp_rank, dp_size)
+
+    def build_evaluator(self):
+        """The in-training evaluation on a fixed subset of eval.bench, every eval.interval."""
+        cfg = self.recipe
+        if not (cfg.eval.interval and cfg.eval.bench):
+            return None
+        from optiml_engine.eval.harness import TrainingEvaluator
+
+        history = Path(cfg.logging.dir) / "eval_history.jsonl" if cfg.logging.dir else None
+        return TrainingEvaluator(cfg.eval, self.tokenizer, history)
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -153,6 +164,12 @@ class Trainer:
                     self.step, {k: sum(m[k] for m in window) / len(window) for k in metrics}
                 )
                 window = []
+            if self.evaluator is not None and self.step % cfg.eval.interval == 0:
+                scores = self.evaluator(self.model, self.step)
+                self.model.train()
+                self.logger.scalars(self.step, scores, prefix=None)
+                self.logger.info(" | ".join(f"{k} {v:.1f}" for k, v in scores.items()
+                                            if k.startswith("eval/level/")))
             interval = cfg.checkpoint.interval
             if cfg.checkpoint.dir and (
                 (interval and self.step % interval == 0) or self.step == last

@@ -102,3 +102,21 @@ def test_tensorboard_scalars_and_falling_loss(tiny_recipe, tmp_path):
     assert losses[0] == pytest.approx(history[0]["loss"], rel=1e-6)
     assert {"train/lr", "train/grad_norm", "train/target_tokens_per_s",
             "train/packing_efficiency"} <= set(events.Tags()["scalars"])
+
+
+def test_in_training_evaluation_is_logged(tiny_recipe, bench_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = Trainer(tiny_recipe("train.steps=2", "eval.interval=2", f"eval.bench={bench_dir}/out",
+                                  "eval.subset_tasks=1", "eval.subset_instances=2",
+                                  "eval.max_new_tokens=4", f"logging.dir={tmp_path / 'tb'}"),
+                      verbose=False)
+    trainer.fit()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    levels = [t for t in events.Tags()["scalars"] if t.startswith("eval/level/")]
+    assert len(levels) == 3  # the three generalization levels, 0-shot
+    for tag in levels:
+        (event,) = events.Scalars(tag)
+        assert event.step == 2 and 0.0 <= event.value <= 100.0
+    assert (tmp_path / "tb" / "eval_history.jsonl").read_text().count('"step": 2') == 1
