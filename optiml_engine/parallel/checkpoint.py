@@ -44,7 +44,11 @@ def _tp_mesh():
 
 def _global(t: torch.Tensor, param):
     """This rank's slice as a DTensor of the full parameter (or the tensor if replicated)."""
-    dim = getattr(param, "tp_shard_dim", None)
+    return as_global(t, getattr(param, "tp_shard_dim", None))
+
+
+def as_global(t: torch.Tensor, dim: int | None):
+    """This rank's tensor-parallel slice along `dim` as a DTensor (dim None: replicated)."""
     if dim is None or state.tp_size() == 1:
         return t
     from torch.distributed.tensor import DTensor, Shard

@@ -88,3 +88,10 @@ def scaler_worker(rank: int, steps, out_dir: str) -> None:
     done()
     Path(out_dir, f"scaler{rank}.json").write_text(json.dumps(
         {"first": first, "second": second, "unchanged": unchanged, "changed": changed}))
+
+
+def convert_worker(rank: int, jobs: list[tuple[str, str]]) -> None:
+    from optiml_engine.parallel.convert import hf_to_engine_sharded
+
+    for hf_dir, out in jobs:
+        hf_to_engine_sharded(hf_dir, out, tp=2, pp=2)

@@ -145,7 +145,8 @@ def _entry(rank, fn, world, port, args):
     try:
         fn(rank, *args)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def spawn(fn, world: int, *args) -> None:
