@@ -53,6 +53,10 @@ class ParallelEngine:
         if parallel.tp != g.tp or parallel.pp != g.pp:
             raise ValueError(f"recipe layout tp={parallel.tp} pp={parallel.pp} differs from "
                              f"the initialised grid tp={g.tp} pp={g.pp}")
+        if model.config.num_layers < g.pp:
+            raise OptimlError("recipe: parallel.pp",
+                              f"{g.pp} pipeline stages for {model.config.num_layers} layers",
+                              "use at most one stage per layer")
         self.sp = parallel.sp and g.tp > 1
         self.recompute = parallel.recompute == "full"
         self.first, self.last = state.is_first_stage(), state.is_last_stage()
