@@ -13,6 +13,7 @@ from optiml_engine.optim.loss_scaler import DynamicLossScaler
 from optiml_engine.optim.zero1 import FlatAdamW
 from optiml_engine.parallel import state
 from optiml_engine.parallel.cross_entropy import vocab_parallel_masked_cross_entropy
+from optiml_engine.parallel.interleaved import chunk_layer_ranges, interleaved_order
 from optiml_engine.parallel.pipeline import stage_layer_range
 from optiml_engine.parallel.random import checkpoint, get_rng_tracker, model_parallel_seed
 
@@ -105,3 +106,21 @@ def test_flat_adamw_and_clip_match_torch():
         assert abs(float(clip_grad_norm_(mine.parameters(), 0.0)) - float(want)) < 1e-5
     for p, q in zip(ref.parameters(), mine.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_interleaved_order_runs_every_task_once_forward_first():
+    pp, v, micro = 2, 3, 4
+    layers = sorted(i for r in range(pp) for c in chunk_layer_ranges(12, pp, v, r) for i in c)
+    assert layers == list(range(12))
+    assert list(chunk_layer_ranges(12, pp, v, 1)[0]) == [2, 3]  # rank 1 runs stages 1, 3, 5
+    for rank in range(pp):
+        order = interleaved_order(micro, pp, v, rank)
+        tasks = [(c, m) for c in range(v) for m in range(micro)]
+        assert sorted((c, m) for k, c, m in order if k == "F") == tasks
+        assert sorted((c, m) for k, c, m in order if k == "B") == tasks
+        seen = set()
+        for kind, c, m in order:
+            assert kind == "F" or (c, m) in seen  # a backward follows its forward
+            seen.add((c, m))
+    # Megatron's warm-up of (pp - rank - 1) * 2 + (v - 1) * pp = 6 forwards, then F, B, F, B...
+    assert [k for k, _, _ in interleaved_order(micro, pp, v, 0)][:9] == ["F"] * 7 + ["B", "F"]
