@@ -9,8 +9,15 @@ install:
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test]"
 
+EVAL_DEMO := --bench runs/bench-synthetic --max-instances 10 --max-new-tokens 24 --batch-size 16
+
 demo: install
+	$(PYTHON) -m optiml_engine data build recipes/bench/synthetic.yaml --out runs/bench-synthetic
 	$(PYTHON) -m optiml_engine train recipes/demo.yaml
+	@echo "== the untrained model on the three levels"
+	$(PYTHON) -m optiml_engine eval --checkpoint runs/demo/checkpoints/initial $(EVAL_DEMO) --out runs/demo/eval-untrained
+	@echo "== the instruction-tuned model on the three levels"
+	$(PYTHON) -m optiml_engine eval --checkpoint runs/demo/checkpoints $(EVAL_DEMO) --out runs/demo/eval
 
 test: install
 	$(PYTHON) -m pytest -q
@@ -24,3 +31,8 @@ lint:
 bench:
 	$(PYTHON) tools/bench_packing.py
 	$(PYTHON) tools/bench_train.py
+	$(PYTHON) tools/bench_data.py
+	$(PYTHON) tools/bench_eval.py
+	$(PYTHON) tools/bench_kernels.py attention
+	$(PYTHON) tools/bench_kernels.py cross-entropy
+	$(PYTHON) tools/bench_kernels.py adamw

@@ -18,6 +18,7 @@ def cpu_extensions():
         Pybind11Extension(
             "optiml_engine._C",
             sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".cpp")),
+            depends=sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h")),
             cxx_std=17,
             extra_compile_args=["-O3"],
         )

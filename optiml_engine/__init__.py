@@ -1,3 +1,3 @@
-"""optiml-engine: instruction meta-learning of OPT models (OPT-IML) with Megatron-style parallelism."""
+"""optiml-engine: instruction meta-learning of OPT models (OPT-IML), Megatron-style."""
 
 __version__ = "0.1.0"

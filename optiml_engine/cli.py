@@ -36,15 +36,13 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _delegate(module: str):
-    """Verbs whose parser lives with their module: pass the remaining argv through."""
-
-    def run(args) -> int:
-        import importlib
-
-        return importlib.import_module(module).main(args.rest)
-
-    return run
+# Verbs whose argument parser lives with their module: `main(argv)` there gets the rest of argv.
+DELEGATED = {
+    "data": ("optiml_engine.data.bench", "build an OPT-IML bench: data build BENCH.yaml --out DIR"),
+    "eval": ("optiml_engine.eval.harness", "evaluate a checkpoint on the three levels"),
+    "bench": ("optiml_engine.benchmarks.cli", "kernel and system benchmarks"),
+    "plan": ("optiml_engine.planner", "memory per GPU of each parallel layout for a recipe"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,22 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--pp", type=int, default=1, help="pipeline stages (hf2engine)")
     convert.set_defaults(func=cmd_convert)
 
-    delegated = {
-        "data": ("optiml_engine.data.bench", "build an OPT-IML bench: data build BENCH.yaml --out DIR"),
-        "eval": ("optiml_engine.eval.harness", "evaluate a checkpoint on the three levels"),
-        "bench": ("optiml_engine.benchmarks.cli", "kernel and system benchmarks"),
-        "plan": ("optiml_engine.parallel.plan", "memory and layout plan for a recipe"),
-    }
-    for verb, (module, help_text) in delegated.items():
-        sub = verbs.add_parser(verb, help=help_text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(func=_delegate(module))
+    for verb, (_, help_text) in DELEGATED.items():
+        verbs.add_parser(verb, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv and argv[0] in DELEGATED:
+            import importlib
+
+            return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except OptimlError as e:
         print(f"optiml: error: {e}", file=sys.stderr)

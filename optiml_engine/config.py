@@ -26,8 +26,9 @@ import yaml
 from optiml_engine.errors import OptimlError
 
 
-def doc(text: str, default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None,
-        factory=None):
+def doc(
+    text: str, default: Any = dataclasses.MISSING, *, choices=None, min=None, max=None, factory=None
+):
     """A dataclass field with its documentation and constraints kept next to the default."""
     meta = {"doc": text, "choices": choices, "min": min, "max": max}
     if factory is not None:
@@ -42,7 +43,9 @@ class ModelConfig:
         None,
         choices=[None, "125m", "350m", "1.3b", "2.7b", "6.7b", "13b", "30b", "66b", "175b"],
     )
-    hf_path: str | None = doc("load initial weights from this local Hugging Face OPT directory", None)
+    hf_path: str | None = doc(
+        "load initial weights from this local Hugging Face OPT directory", None
+    )
     vocab_size: int | None = doc("vocabulary size (OPT: 50272)", None, min=8)
     hidden_size: int | None = doc("model width", None, min=1)
     num_layers: int | None = doc("decoder layers", None, min=1)
@@ -50,10 +53,12 @@ class ModelConfig:
     ffn_hidden_size: int | None = doc("ReLU FFN width (OPT: 4 x hidden_size)", None, min=1)
     max_position_embeddings: int | None = doc("learned positions (OPT: 2048)", None, min=1)
     word_embed_proj_dim: int | None = doc(
-        "embedding width; smaller than hidden_size only in 350M (project_in/out)", None, min=1)
+        "embedding width; smaller than hidden_size only in 350M (project_in/out)", None, min=1
+    )
     pre_layer_norm: bool | None = doc("pre-LN blocks (every OPT but 350M, which is post-LN)", None)
-    dropout: float = doc("dropout on residual branches and embeddings (OPT-IML: 0.1)", 0.1,
-                         min=0.0, max=1.0)
+    dropout: float = doc(
+        "dropout on residual branches and embeddings (OPT-IML: 0.1)", 0.1, min=0.0, max=1.0
+    )
     attention_dropout: float = doc("dropout on attention probabilities", 0.0, min=0.0, max=1.0)
     init_std: float = doc("std of the normal initialisation of weights", 0.02, min=0.0)
 
@@ -61,16 +66,37 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_path: str | None = doc(
-        "training data: a JSONL file of {src, tgt} records, or a built bench directory", None)
+        "training data: a JSONL file of {src, tgt} records, or a built bench directory", None
+    )
     valid_path: str | None = doc("optional held-out JSONL of {src, tgt} records", None)
     synthetic: bool = doc(
-        "generate the embedded synthetic instruction set instead of reading train_path", False)
+        "generate the embedded synthetic instruction set instead of reading train_path", False
+    )
     synthetic_examples: int = doc("examples the synthetic generator writes", 2000, min=1)
     tokenizer: str = doc(
         "'byte' (needs no files), a tokenizer.json, or a directory with vocab.json + merges.txt",
-        "byte")
+        "byte",
+    )
     seq_length: int = doc("tokens per packed sample (OPT-IML: 2048)", 2048, min=2)
     shuffle: bool = doc("shuffle packed samples each epoch (deterministic given train.seed)", True)
+    bench: str | None = doc(
+        "a built bench directory (`optiml data build`); training draws from it by the mixture "
+        "below", None)
+    sampling: str = doc("per-task weights inside a benchmark (OPT-IML: eps)", "eps",
+                        choices=["proportional", "eps", "uniform", "temperature"])
+    eps_cap: int = doc("eps: per-task cap on the examples that count for its weight "
+                       "(OPT-IML: 4096)", 4096, min=1)
+    temperature: float = doc("temperature sampling: weight = examples ** (1 / T)", 1.0,
+                             min=0.01)
+    benchmark_proportions: list[str] = doc(
+        "benchmark shares as 'name=percent' (OPT-IML: crossfit=4 exmix=2 flan=20 superni=25 "
+        "promptsource=45 t5=2 unifiedskg=2); empty: by task weights", factory=list)
+    mix_reasoning: float = doc("percent of the stream from reasoning (chain-of-thought) tasks "
+                               "(OPT-IML: 1)", 0.0, min=0.0, max=100.0)
+    mix_pretraining: float = doc("percent of the stream from pre-training text (OPT-IML: 5)", 0.0,
+                                 min=0.0, max=100.0)
+    mix_dialogue: float = doc("percent of the stream from dialogue data (OPT-IML: 0)", 0.0,
+                              min=0.0, max=100.0)
 
 
 @dataclass
@@ -78,7 +104,9 @@ class ParallelConfig:
     tp: int = doc("tensor-parallel size", 1, min=1)
     pp: int = doc("pipeline-parallel size", 1, min=1)
     sp: bool = doc("sequence parallelism inside the tensor-parallel group", False)
-    virtual_stages: int = doc("model chunks per pipeline rank (interleaved 1F1B when > 1)", 1, min=1)
+    virtual_stages: int = doc(
+        "model chunks per pipeline rank (interleaved 1F1B when > 1)", 1, min=1
+    )
     zero1: bool = doc("shard fp32 master weights and Adam moments over data-parallel ranks", False)
     recompute: str = doc("activation recomputation", "none", choices=["none", "full"])
     backend: str = doc("torch.distributed backend", "auto", choices=["auto", "nccl", "gloo"])
@@ -113,10 +141,14 @@ class TrainConfig:
     seed: int = doc("seed for weights, data order and dropout", 1234, min=0)
     micro_batch_size: int = doc("packed samples per micro-batch per data-parallel rank", 1, min=1)
     global_batch_size: int = doc(
-        "packed samples per optimizer step over all micro-batches and data-parallel ranks", 8, min=1)
+        "packed samples per optimizer step over all micro-batches and data-parallel ranks", 8, min=1
+    )
     stop_after: int | None = doc(
         "end the run (with a checkpoint) after this many steps; the LR schedule still spans "
-        "train.steps, so a later run with checkpoint.load=latest continues it", None, min=1)
+        "train.steps, so a later run with checkpoint.load=latest continues it",
+        None,
+        min=1,
+    )
 
 
 @dataclass
@@ -125,6 +157,8 @@ class CheckpointConfig:
     interval: int = doc("save every N steps (and at the end); 0: only at the end", 0, min=0)
     load: str | None = doc("'latest' in checkpoint.dir, or a checkpoint path to resume from", None)
     keep_last: int = doc("checkpoints kept in checkpoint.dir (older ones are deleted)", 2, min=1)
+    save_initial: bool = doc(
+        "also write the untrained model to checkpoint.dir/initial (a baseline to evaluate)", False)
 
 
 @dataclass
@@ -135,15 +169,24 @@ class EvalConfig:
     max_new_tokens: int = doc("greedy decoding budget (OPT-IML: 256)", 256, min=1)
     max_instances: int = doc("instances per task evaluated (Super-NI: 100)", 100, min=1)
     batch_size: int = doc("prompts per evaluation batch", 8, min=1)
+    subset_tasks: int = doc("in-training evaluation: tasks per level (the first by name)", 4, min=1)
+    subset_instances: int = doc("in-training evaluation: instances per task", 20, min=1)
+    length_normalize: bool = doc(
+        "rank classification picks the highest mean (not summed) token log-likelihood", False)
 
 
 @dataclass
 class KernelsConfig:
-    attention: str = doc("attention backend", "auto",
-                         choices=["auto", "triton", "sdpa", "flash_attn"])
-    cross_entropy: str = doc("masked cross-entropy backend", "auto",
-                             choices=["auto", "triton", "torch"])
+    attention: str = doc(
+        "attention backend", "auto", choices=["auto", "triton", "sdpa", "flash_attn"]
+    )
+    cross_entropy: str = doc(
+        "masked cross-entropy backend", "auto", choices=["auto", "triton", "torch"]
+    )
     adamw: str = doc("AdamW backend", "auto", choices=["auto", "cuda", "triton", "apex", "foreach"])
+    loss_chunk_tokens: int = doc(
+        "tokens per chunk of the fused output projection + loss (logits never exist in full); "
+        "0 computes the full logits then the loss", 4096, min=0)
 
 
 @dataclass
@@ -211,8 +254,9 @@ def _coerce(value, tp, key: str, where: str):
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise OptimlError(f"{where}: {key}", f"expected {_type_name(tp)}, got {value!r}",
-                      f"write {_type_name(tp)}")
+    raise OptimlError(
+        f"{where}: {key}", f"expected {_type_name(tp)}, got {value!r}", f"write {_type_name(tp)}"
+    )
 
 
 def _check_field(f: dataclasses.Field, value, key: str, where: str):
@@ -225,11 +269,13 @@ def _check_field(f: dataclasses.Field, value, key: str, where: str):
         if v is None or isinstance(v, str | bool):
             continue
         if meta.get("min") is not None and v < meta["min"]:
-            raise OptimlError(f"{where}: {key}", f"{v!r} is below the minimum",
-                              f"allowed: >= {meta['min']}")
+            raise OptimlError(
+                f"{where}: {key}", f"{v!r} is below the minimum", f"allowed: >= {meta['min']}"
+            )
         if meta.get("max") is not None and v > meta["max"]:
-            raise OptimlError(f"{where}: {key}", f"{v!r} is above the maximum",
-                              f"allowed: <= {meta['max']}")
+            raise OptimlError(
+                f"{where}: {key}", f"{v!r} is above the maximum", f"allowed: <= {meta['max']}"
+            )
 
 
 def _unknown_key(key: str, known: list[str], where: str, prefix: str) -> OptimlError:
@@ -242,8 +288,11 @@ def _build(cls, data, where: str, prefix: str = ""):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise OptimlError(f"{where}: {prefix.rstrip('.') or 'recipe'}",
-                          f"expected a mapping, got {data!r}", "write key: value lines")
+        raise OptimlError(
+            f"{where}: {prefix.rstrip('.') or 'recipe'}",
+            f"expected a mapping, got {data!r}",
+            "write key: value lines",
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -286,9 +335,11 @@ class _RecipeLoader(yaml.SafeLoader):
 
 _RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|"
-               r"^[-+]?(?:[0-9][0-9_]*)\.[0-9_]*$|^[-+]?\.[0-9_]+$|^[-+]?\.(?:inf|Inf|INF)$|"
-               r"^\.(?:nan|NaN|NAN)$"),
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|"
+        r"^[-+]?(?:[0-9][0-9_]*)\.[0-9_]*$|^[-+]?\.[0-9_]+$|^[-+]?\.(?:inf|Inf|INF)$|"
+        r"^\.(?:nan|NaN|NAN)$"
+    ),
     list("-+0123456789."),
 )
 
@@ -326,23 +377,35 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
     resolve_model_config(recipe.model, where)
     m = recipe.model
     if recipe.data.seq_length > m.max_position_embeddings:
-        raise OptimlError(f"{where}: data.seq_length",
-                          f"{recipe.data.seq_length} exceeds the model's "
-                          f"{m.max_position_embeddings} positions",
-                          f"allowed: <= {m.max_position_embeddings}")
+        raise OptimlError(
+            f"{where}: data.seq_length",
+            f"{recipe.data.seq_length} exceeds the model's {m.max_position_embeddings} positions",
+            f"allowed: <= {m.max_position_embeddings}",
+        )
     if len(recipe.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in recipe.optim.betas):
-        raise OptimlError(f"{where}: optim.betas", f"{recipe.optim.betas} is not two values in [0, 1)",
-                          "write e.g. [0.9, 0.95]")
+        raise OptimlError(
+            f"{where}: optim.betas",
+            f"{recipe.optim.betas} is not two values in [0, 1)",
+            "write e.g. [0.9, 0.95]",
+        )
     if recipe.train.global_batch_size % recipe.train.micro_batch_size:
-        raise OptimlError(f"{where}: train.global_batch_size",
-                          f"{recipe.train.global_batch_size} is not a multiple of "
-                          f"train.micro_batch_size={recipe.train.micro_batch_size}",
-                          "make it a multiple")
+        raise OptimlError(
+            f"{where}: train.global_batch_size",
+            f"{recipe.train.global_batch_size} is not a multiple of "
+            f"train.micro_batch_size={recipe.train.micro_batch_size}",
+            "make it a multiple",
+        )
     if m.num_heads % recipe.parallel.tp:
-        raise OptimlError(f"{where}: parallel.tp",
-                          f"{m.num_heads} heads cannot be split {recipe.parallel.tp} ways",
-                          "choose a divisor of model.num_heads")
-    if recipe.checkpoint.load is not None and recipe.checkpoint.load == "latest" and \
-            recipe.checkpoint.dir is None:
-        raise OptimlError(f"{where}: checkpoint.load", "'latest' needs checkpoint.dir",
-                          "set checkpoint.dir")
+        raise OptimlError(
+            f"{where}: parallel.tp",
+            f"{m.num_heads} heads cannot be split {recipe.parallel.tp} ways",
+            "choose a divisor of model.num_heads",
+        )
+    if (
+        recipe.checkpoint.load is not None
+        and recipe.checkpoint.load == "latest"
+        and recipe.checkpoint.dir is None
+    ):
+        raise OptimlError(
+            f"{where}: checkpoint.load", "'latest' needs checkpoint.dir", "set checkpoint.dir"
+        )

@@ -12,7 +12,9 @@ def write_src_tgt(path, n: int, seed: int = 0):
     with open(path, "w") as f:
         for _ in range(n):
             word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 12)))
-            f.write(json.dumps({"src": f"Reverse: {word}\nAnswer:", "tgt": f" {word[::-1]}"}) + "\n")
+            f.write(
+                json.dumps({"src": f"Reverse: {word}\nAnswer:", "tgt": f" {word[::-1]}"}) + "\n"
+            )
     return path
 
 
@@ -23,11 +25,20 @@ def tiny_recipe(tmp_path):
 
     def make(*overrides):
         base = [
-            "model.vocab_size=264", "model.hidden_size=32", "model.num_layers=2",
-            "model.num_heads=4", "model.max_position_embeddings=128", "model.dropout=0.0",
-            f"data.train_path={data}", "data.seq_length=64", "train.steps=4",
-            "train.micro_batch_size=2", "train.global_batch_size=4", "optim.lr=1e-3",
-            "optim.warmup_steps=1", "logging.interval=1",
+            "model.vocab_size=264",
+            "model.hidden_size=32",
+            "model.num_layers=2",
+            "model.num_heads=4",
+            "model.max_position_embeddings=128",
+            "model.dropout=0.0",
+            f"data.train_path={data}",
+            "data.seq_length=64",
+            "train.steps=4",
+            "train.micro_batch_size=2",
+            "train.global_batch_size=4",
+            "optim.lr=1e-3",
+            "optim.warmup_steps=1",
+            "logging.interval=1",
         ]
         return load_recipe(None, base + list(overrides))
 

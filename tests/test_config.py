@@ -22,8 +22,10 @@ def write(tmp_path, text):
 
 
 def test_good_recipe_with_overrides(tmp_path):
-    recipe = load_recipe(write(tmp_path, GOOD), ["train.steps=7", "optim.lr=1e-3",
-                                                 "parallel.sp=true", "precision.dtype=bf16"])
+    recipe = load_recipe(
+        write(tmp_path, GOOD),
+        ["train.steps=7", "optim.lr=1e-3", "parallel.sp=true", "precision.dtype=bf16"],
+    )
     assert recipe.optim.lr == 1e-3 and recipe.train.steps == 7 and recipe.parallel.sp is True
     assert recipe.model.ffn_hidden_size == 128 and recipe.model.word_embed_proj_dim == 32
     assert recipe.optim.betas == [0.9, 0.95] and recipe.precision.dtype == "bf16"
@@ -37,13 +39,24 @@ def test_preset_fills_published_dimensions():
     assert load_recipe(None, ["model.preset=2.7b"]).model.hidden_size // 32 == 80
 
 
-@pytest.mark.parametrize("extra, override, fragment", [
-    ("logging: {intervl: 3}\n", None, "logging.intervl: unknown key (did you mean 'logging.interval'?)"),
-    ("", "train.steps=abc", "train.steps: expected int, got 'abc'"),
-    ("", "optim.lr=-1", "optim.lr: -1.0 is below the minimum (allowed: >= 0.0)"),
-    ("", "data.seq_length=4096", "data.seq_length: 4096 exceeds the model's 128 positions"),
-    ("", "precision.dtype=fp8", "precision.dtype: 'fp8' is not allowed (allowed: fp32, bf16, fp16)"),
-])
+@pytest.mark.parametrize(
+    "extra, override, fragment",
+    [
+        (
+            "logging: {intervl: 3}\n",
+            None,
+            "logging.intervl: unknown key (did you mean 'logging.interval'?)",
+        ),
+        ("", "train.steps=abc", "train.steps: expected int, got 'abc'"),
+        ("", "optim.lr=-1", "optim.lr: -1.0 is below the minimum (allowed: >= 0.0)"),
+        ("", "data.seq_length=4096", "data.seq_length: 4096 exceeds the model's 128 positions"),
+        (
+            "",
+            "precision.dtype=fp8",
+            "precision.dtype: 'fp8' is not allowed (allowed: fp32, bf16, fp16)",
+        ),
+    ],
+)
 def test_bad_recipes_exit_2_with_one_line(tmp_path, capsys, extra, override, fragment):
     path = write(tmp_path, GOOD + extra)
     argv = ["train", str(path)] + ([override] if override else [])
@@ -59,8 +72,13 @@ def test_missing_recipe_file_is_a_user_error(tmp_path):
 
 def test_cli_prints_no_traceback(tmp_path):
     path = write(tmp_path, GOOD + "train: {stepz: 3}\n")
-    proc = subprocess.run([sys.executable, "-m", "optiml_engine", "train", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "optiml_engine", "train", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"optiml: error: {path}: train.stepz: unknown key (did you mean 'train.steps'?)"]
+        f"optiml: error: {path}: train.stepz: unknown key (did you mean 'train.steps'?)"
+    ]

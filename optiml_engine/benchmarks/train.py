@@ -14,61 +14,82 @@ import torch
 
 
 def engine_throughput(recipe, steps: int, warmup: int) -> tuple[float, list]:
+    """Target tokens/s of the engine, and the micro-batches of every step it trained on."""
     from optiml_engine.training.trainer import Trainer
 
     trainer = Trainer(recipe, verbose=False)
     trainer.model.train()
+    seen = []
+    next_step = trainer.loader.next_step
+
+    def recording_next_step():
+        seen.append(next_step())
+        return seen[-1]
+
+    trainer.loader.next_step = recording_next_step
     for _ in range(warmup):
         trainer.train_step()
     tokens, start = 0.0, time.perf_counter()
     for _ in range(steps):
         tokens += trainer.train_step()["target_tokens"]
-    return tokens / (time.perf_counter() - start), trainer
+    return tokens / (time.perf_counter() - start), seen
 
 
-def hf_throughput(recipe, examples, batch_size: int, steps: int, warmup: int) -> float:
+def unpack(micro_batches) -> list[tuple[list[int], int]]:
+    """The examples of one step: (`</s> src tgt </s>` ids, number of target tokens incl. `</s>`)."""
+    examples = []
+    for batch in micro_batches:
+        for tokens, docs, mask in zip(batch["tokens"], batch["doc_ids"], batch["loss_mask"],
+                                      strict=True):
+            for doc in docs.unique():
+                ids = tokens[docs == doc]
+                if ids[0] == 2:  # padding has an id of its own and starts with pad
+                    examples.append((ids.tolist(), int(mask[docs == doc].sum())))
+    return examples
+
+
+def padded_batch(examples):
+    """Right-padded ids, attention mask and labels (-100 off target) for transformers."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), 1)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100)
+    for row, (tokens, n_target) in enumerate(examples):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+        labels[row, len(tokens) - n_target : len(tokens)] = ids[row, len(tokens) - n_target :
+                                                                len(tokens)]
+    return ids, mask, labels
+
+
+def hf_throughput(recipe, steps_examples, warmup: int) -> float:
+    """Target tokens/s of a plain transformers loop over the same examples, padded per step."""
     import transformers
 
     m = recipe.model
     torch.manual_seed(recipe.train.seed)
-    model = transformers.OPTForCausalLM(transformers.OPTConfig(
+    config = transformers.OPTConfig(
         vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
         num_attention_heads=m.num_heads, ffn_dim=m.ffn_hidden_size,
-        max_position_embeddings=m.max_position_embeddings, word_embed_proj_dim=m.word_embed_proj_dim,
-        do_layer_norm_before=m.pre_layer_norm, dropout=m.dropout)).train()
+        max_position_embeddings=m.max_position_embeddings,
+        word_embed_proj_dim=m.word_embed_proj_dim, do_layer_norm_before=m.pre_layer_norm,
+        dropout=m.dropout)
+    model = transformers.OPTForCausalLM(config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr, foreach=True)
-    seq = recipe.data.seq_length
-
-    def batch(i):
-        rows = [examples[(i * batch_size + j) % len(examples)] for j in range(batch_size)]
-        rows = [([2, *s, *t, 2][-seq:], len(t) + 1) for s, t in rows]
-        width = max(len(ids) for ids, _ in rows)
-        ids = torch.full((batch_size, width), 1)
-        labels = torch.full((batch_size, width), -100)
-        mask = torch.zeros((batch_size, width), dtype=torch.long)
-        for r, (tokens, n_target) in enumerate(rows):
-            ids[r, : len(tokens)] = torch.tensor(tokens)
-            mask[r, : len(tokens)] = 1
-            labels[r, len(tokens) - n_target : len(tokens)] = ids[r, len(tokens) - n_target :
-                                                                  len(tokens)]
-        return ids, mask, labels
-
-    tokens, start = 0.0, None
-    for i in range(warmup + steps):
+    tokens, start = 0.0, time.perf_counter()
+    for i, examples in enumerate(steps_examples):
         if i == warmup:
             tokens, start = 0.0, time.perf_counter()
-        ids, mask, labels = batch(i)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
+        ids, mask, labels = padded_batch(examples)
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        tokens += float((labels[:, 1:] != -100).sum())
+        tokens += float((labels != -100).sum())
     return tokens / (time.perf_counter() - start)
 
 
 def main(argv=None) -> int:
     from optiml_engine.config import load_recipe
-    from optiml_engine.data.dataset import tokenize_pairs, training_text
 
     parser = argparse.ArgumentParser(prog="optiml bench train", description=__doc__)
     parser.add_argument("--recipe", default="recipes/demo.yaml")
@@ -76,14 +97,16 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    recipe = load_recipe(args.recipe, [*args.overrides, "model.dropout=0.0"])
-    engine_tps, trainer = engine_throughput(recipe, args.steps, args.warmup)
-    examples = tokenize_pairs(training_text(recipe), trainer.tokenizer)
-    per_step = trainer.samples.num_examples * recipe.train.global_batch_size // len(trainer.samples)
-    hf_tps = hf_throughput(recipe, examples, max(1, per_step), args.steps, args.warmup)
+    recipe = load_recipe(args.recipe, [*args.overrides, "model.dropout=0.0",
+                                       "checkpoint.dir=null", "logging.dir=null"])
+    engine_tps, seen = engine_throughput(recipe, args.steps, args.warmup)
+    steps_examples = [unpack(step) for step in seen]
+    hf_tps = hf_throughput(recipe, steps_examples, args.warmup)
+    per_step = sum(len(e) for e in steps_examples) / len(steps_examples)
     print(f"threads {torch.get_num_threads()} | model {recipe.model.hidden_size}d x "
-          f"{recipe.model.num_layers} layers | seq {recipe.data.seq_length} | "
-          f"{recipe.train.global_batch_size} packed samples/step vs {per_step} padded examples/step")
+          f"{recipe.model.num_layers} layers | {recipe.train.global_batch_size} packed samples of "
+          f"{recipe.data.seq_length} tokens/step = {per_step:.0f} examples, padded per step for "
+          f"transformers | {args.steps} timed steps after {args.warmup} warm-up")
     print(f"engine (packed):        {engine_tps:10.0f} target tokens/s")
     print(f"transformers (padded):  {hf_tps:10.0f} target tokens/s")
     print(f"ratio engine / transformers: {engine_tps / hf_tps:.2f}x")

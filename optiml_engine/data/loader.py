@@ -14,12 +14,32 @@ import torch
 FIELDS = ("tokens", "labels", "loss_mask", "position_ids", "doc_ids")
 
 
+def micro_batches(rows: dict[str, np.ndarray], micro_batch_size: int) -> list[dict]:
+    """Split one rank's rows of every field into micro-batches of torch tensors."""
+    count = len(rows["tokens"])
+    return [
+        {f: torch.from_numpy(np.ascontiguousarray(a[i : i + micro_batch_size]))
+         .to(torch.float32 if f == "loss_mask" else torch.int64) for f, a in rows.items()}
+        for i in range(0, count, micro_batch_size)
+    ]
+
+
 class PackedLoader:
-    def __init__(self, samples, global_batch_size: int, micro_batch_size: int,
-                 dp_rank: int = 0, dp_size: int = 1, seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        samples,
+        global_batch_size: int,
+        micro_batch_size: int,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
         if global_batch_size % (micro_batch_size * dp_size):
-            raise ValueError(f"global batch {global_batch_size} is not a multiple of micro batch "
-                             f"{micro_batch_size} x data-parallel size {dp_size}")
+            raise ValueError(
+                f"global batch {global_batch_size} is not a multiple of micro batch "
+                f"{micro_batch_size} x data-parallel size {dp_size}"
+            )
         self.samples = samples
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
@@ -41,15 +61,16 @@ class PackedLoader:
         """This rank's micro-batches for one optimizer step."""
         per_rank = self.global_batch_size // self.dp_size
         start = self.consumed + self.dp_rank * per_rank
-        indices = [self._index(p) for p in range(start, start + per_rank)]
+        rows = [self._index(p) for p in range(start, start + per_rank)]
         self.consumed += self.global_batch_size
-        batches = []
-        for i in range(0, per_rank, self.micro_batch_size):
-            rows = indices[i : i + self.micro_batch_size]
-            batch = {f: torch.from_numpy(np.asarray(getattr(self.samples, f)[rows])) for f in FIELDS}
-            batch = {f: t.long() if f != "loss_mask" else t.float() for f, t in batch.items()}
-            batches.append(batch)
-        return batches
+        return micro_batches({f: getattr(self.samples, f)[rows] for f in FIELDS},
+                             self.micro_batch_size)
+
+    def describe(self) -> str:
+        s = self.samples
+        return (f"{len(s)} packed samples of {s.tokens.shape[1]} tokens from {s.num_examples} "
+                f"examples ({100 * s.efficiency:.1f}% full, {s.num_truncated} truncated, "
+                f"{s.num_dropped} dropped)")
 
     def state_dict(self) -> dict:
         return {"consumed": self.consumed}

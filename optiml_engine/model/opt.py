@@ -17,6 +17,7 @@ from torch import nn
 
 from optiml_engine.kernels.attention import attention
 from optiml_engine.kernels.cross_entropy import masked_cross_entropy
+from optiml_engine.kernels.linear_cross_entropy import linear_cross_entropy
 from optiml_engine.model.kv_cache import KVCache
 
 POSITION_OFFSET = 2  # OPT's learned positions start at index 2 (a fairseq legacy)
@@ -140,9 +141,17 @@ class OPTForCausalLM(nn.Module):
         h = self.hidden_states(input_ids, position_ids, doc_ids, kv_cache)
         return F.linear(h, self.output_weight)
 
-    def loss_sum(self, input_ids, position_ids, doc_ids, labels, loss_mask):
-        """fp32 sum of the cross-entropy over positions where loss_mask is set."""
-        return masked_cross_entropy(self(input_ids, position_ids, doc_ids), labels, loss_mask)
+    def loss_sum(self, input_ids, position_ids, doc_ids, labels, loss_mask, chunk_tokens=0):
+        """fp32 sum of the cross-entropy over positions where loss_mask is set.
+
+        With chunk_tokens > 0 the output projection and the loss run chunk by chunk of tokens,
+        so the [tokens x vocab] logits never exist in full (the memory hot spot at 50272 words).
+        """
+        h = self.hidden_states(input_ids, position_ids, doc_ids)
+        if chunk_tokens:
+            return linear_cross_entropy(h, self.output_weight, labels, loss_mask,
+                                        chunk_size=chunk_tokens)
+        return masked_cross_entropy(F.linear(h, self.output_weight), labels, loss_mask)
 
     @classmethod
     def from_hf(cls, path) -> OPTForCausalLM:

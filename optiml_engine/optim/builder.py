@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from optiml_engine.kernels.adamw_optimizer import MixedPrecisionAdamW
+
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
@@ -15,5 +17,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                             betas=tuple(cfg.betas), eps=cfg.eps, foreach=True)
+    """Mixed-precision AdamW; its backend comes from the recipe's kernels.adamw (dispatch)."""
+    return MixedPrecisionAdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                               betas=tuple(cfg.betas), eps=cfg.eps)

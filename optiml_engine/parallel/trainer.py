@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from optiml_engine.data.loader import PackedLoader
 from optiml_engine.errors import OptimlError
 from optiml_engine.optim.schedule import lr_at
 from optiml_engine.parallel import checkpoint as pckpt
@@ -71,11 +70,8 @@ class ParallelTrainer(Trainer):
     def build_optimizer(self):
         return self.engine.optimizer
 
-    def build_loader(self) -> PackedLoader:
-        cfg = self.recipe
-        return PackedLoader(self.samples, cfg.train.global_batch_size, cfg.train.micro_batch_size,
-                            dp_rank=self.grid.dp_rank, dp_size=self.grid.dp, seed=cfg.train.seed,
-                            shuffle=cfg.data.shuffle)
+    def build_loader(self):
+        return super().build_loader(self.grid.dp_rank, self.grid.dp)
 
     def train_step(self) -> dict[str, float]:
         start = time.perf_counter()

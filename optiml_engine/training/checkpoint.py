@@ -9,9 +9,11 @@ so a run killed during a save leaves the previous checkpoint as `latest`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,6 +32,14 @@ META = "meta.json"
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+@contextlib.contextmanager
+def _quiet_single_process():
+    """DCP warns on every call without a process group, which one-process runs do on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _barrier() -> None:
@@ -94,7 +104,8 @@ def save_checkpoint(path: str | Path, model, optimizer=None, meta: dict | None =
         state = {"model": model_sd, "optim": optim_sd}
     else:
         state = {"model": get_state_dict(model, [])[0]}
-    dcp.save(state, checkpoint_id=str(tmp))
+    with _quiet_single_process():
+        dcp.save(state, checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rng_rank{_rank()}.pt")
     _barrier()
     if _rank() == 0:
@@ -122,7 +133,8 @@ def load_checkpoint(path: str | Path, model, optimizer=None) -> dict:
         state = {"model": model_sd, "optim": optim_sd}
     else:
         state = {"model": get_state_dict(model, [])[0]}
-    dcp.load(state, checkpoint_id=str(path))
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer if with_optim else [], model_state_dict=state["model"],
                    optim_state_dict=state["optim"] if with_optim else {},
                    options=StateDictOptions(strict=True))

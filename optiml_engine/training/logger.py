@@ -15,8 +15,11 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir)
-        self._start = time.perf_counter()
-        self._start_step: int | None = None
+        self.start(0)
+
+    def start(self, step: int) -> None:
+        """The ETA counts from here (a resumed run starts at its checkpoint's step)."""
+        self._start, self._start_step = time.perf_counter(), step
 
     def info(self, message: str) -> None:
         if self.console:
@@ -27,11 +30,8 @@ class MetricsLogger:
             for key, value in metrics.items():
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        """`step` is the number of optimizer steps done."""
-        if self._start_step is None:
-            self._start_step, self._start = step - 1, time.perf_counter()
-        self.scalars(step, metrics)
+    def progress(self, step: int, metrics: dict[str, float]) -> None:
+        """A console line after `step` optimizer steps, with the ETA of the remaining ones."""
         elapsed = time.perf_counter() - self._start
         rate = (step - self._start_step) / max(elapsed, 1e-9)
         eta = (self.total_steps - step) / max(rate, 1e-9)

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from optiml_engine.config import Recipe
-from optiml_engine.data.dataset import build_training_samples
-from optiml_engine.data.loader import PackedLoader
+from optiml_engine.data.dataset import build_loader
 from optiml_engine.data.tokenizer import load_tokenizer
 from optiml_engine.errors import OptimlError
+from optiml_engine.kernels import dispatch
 from optiml_engine.model import OPTForCausalLM
 from optiml_engine.optim.builder import build_optimizer
 from optiml_engine.optim.schedule import lr_at
@@ -47,24 +47,24 @@ class Trainer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.logger = MetricsLogger(recipe.logging.dir, recipe.train.steps, console=verbose)
         self.tokenizer = load_tokenizer(recipe.data.tokenizer)
+        choices = dispatch.configure(recipe.kernels, self.device)
+        self.logger.info("kernels: " + ", ".join(f"{k} {v}" for k, v in choices.items()))
         self.model = self.build_model()
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
-            raise OptimlError("recipe: model.vocab_size",
-                              f"{self.model.config.vocab_size} is smaller than the tokenizer's "
-                              f"{self.tokenizer.vocab_size}", "raise model.vocab_size")
+            raise OptimlError(
+                "recipe: model.vocab_size",
+                f"{self.model.config.vocab_size} is smaller than the tokenizer's "
+                f"{self.tokenizer.vocab_size}",
+                "raise model.vocab_size",
+            )
         self.optimizer = self.build_optimizer()
-        self.samples = build_training_samples(recipe, self.tokenizer)
         self.loader = self.build_loader()
         self.step = 0
         self.history: list[dict[str, float]] = []
         if recipe.checkpoint.load:
             self.resume(recipe.checkpoint.load)
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.logger.info(
-            f"model: {n_params / 1e6:.2f}M parameters | {len(self.samples)} packed samples of "
-            f"{recipe.data.seq_length} tokens from {self.samples.num_examples} examples "
-            f"({100 * self.samples.efficiency:.1f}% full, {self.samples.num_truncated} truncated, "
-            f"{self.samples.num_dropped} dropped)")
+        self.logger.info(f"model: {n_params / 1e6:.2f}M parameters | {self.loader.describe()}")
 
     # -- parts a subclass may replace (parallel.trainer.ParallelTrainer does) ------------------
 
@@ -74,10 +74,8 @@ class Trainer:
     def build_optimizer(self):
         return build_optimizer(self.model, self.recipe.optim)
 
-    def build_loader(self) -> PackedLoader:
-        cfg = self.recipe
-        return PackedLoader(self.samples, cfg.train.global_batch_size, cfg.train.micro_batch_size,
-                            seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+    def build_loader(self, dp_rank: int = 0, dp_size: int = 1):
+        return build_loader(self.recipe, self.tokenizer, dp_rank, dp_size)
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -93,9 +91,14 @@ class Trainer:
         for batch in micro_batches:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with self.autocast():
-                loss_sum = self.model.loss_sum(batch["tokens"], batch["position_ids"],
-                                               batch["doc_ids"], batch["labels"],
-                                               batch["loss_mask"])
+                loss_sum = self.model.loss_sum(
+                    batch["tokens"],
+                    batch["position_ids"],
+                    batch["doc_ids"],
+                    batch["labels"],
+                    batch["loss_mask"],
+                    chunk_tokens=self.recipe.kernels.loss_chunk_tokens,
+                )
             (loss_sum / n_target_tokens).backward()
             total += loss_sum.detach()
         return total
@@ -110,8 +113,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = self.forward_backward(micro_batches, max(n_target_tokens, 1.0))
         clip = self.recipe.optim.clip_grad
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                   clip if clip > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), clip if clip > 0 else float("inf")
+        )
         self.optimizer.step()
         self.step += 1
         seconds = time.perf_counter() - start
@@ -132,13 +136,27 @@ class Trainer:
         cfg = self.recipe
         self.model.train()
         last = min(cfg.train.steps, cfg.train.stop_after or cfg.train.steps)
+        if cfg.checkpoint.dir and cfg.checkpoint.save_initial and self.step == 0:
+            path = ckpt.save_checkpoint(Path(cfg.checkpoint.dir) / "initial", self.model,
+                                        meta={"step": 0, "recipe": dataclasses.asdict(cfg)})
+            self.logger.info(f"saved the untrained model to {path}")
+        window: list[dict[str, float]] = []
+        self.logger.start(self.step)
         while self.step < last:
             metrics = self.train_step()
             self.history.append(metrics)
+            self.logger.scalars(self.step, metrics)
+            window.append(metrics)
             if self.step % cfg.logging.interval == 0 or self.step == last:
-                self.logger.log(self.step, metrics)
+                # The console shows means over the interval: one step's loss is too noisy to read.
+                self.logger.progress(
+                    self.step, {k: sum(m[k] for m in window) / len(window) for k in metrics}
+                )
+                window = []
             interval = cfg.checkpoint.interval
-            if cfg.checkpoint.dir and ((interval and self.step % interval == 0) or self.step == last):
+            if cfg.checkpoint.dir and (
+                (interval and self.step % interval == 0) or self.step == last
+            ):
                 self.save()
         self.logger.close()
         return self.history
@@ -148,8 +166,11 @@ class Trainer:
     def save(self) -> Path:
         cfg = self.recipe.checkpoint
         path = Path(cfg.dir) / f"step_{self.step:07d}"
-        meta = {"step": self.step, "loader": self.loader.state_dict(),
-                "recipe": dataclasses.asdict(self.recipe)}
+        meta = {
+            "step": self.step,
+            "loader": self.loader.state_dict(),
+            "recipe": dataclasses.asdict(self.recipe),
+        }
         ckpt.save_checkpoint(path, self.model, self.optimizer, meta, keep_last=cfg.keep_last)
         self.logger.info(f"saved checkpoint {path}")
         return path

@@ -14,6 +14,7 @@ from .flan import load_flan
 from .promptsource import load_promptsource
 from .seq2seq import load_cot, load_seq2seq
 from .superni import load_superni
+from .text import load_text
 
 FORMATS = ("superni", "promptsource", "flan", "seq2seq", "cot", "dialogue")
 
@@ -37,6 +38,8 @@ def load_tasks(path: str | Path, format: str, *, benchmark: str | None = None,
         tasks = load_seq2seq(path, benchmark=benchmark or "seq2seq")
     elif format == "cot":
         tasks = load_cot(path, benchmark=benchmark or "reasoning")
+    elif format == "text":  # pre-training documents for the pre-training mix
+        tasks = load_text(path, benchmark=benchmark or "pretraining")
     elif format == "dialogue":
         tasks = load_dialogue(path, benchmark=benchmark or "dialogue")
     else:

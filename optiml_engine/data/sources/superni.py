@@ -149,11 +149,13 @@ def find_split_files(root: Path) -> dict[str, Path]:
     return found
 
 
-def load_superni(path: str | Path, split: str | None = None) -> list[Task]:
+def load_superni(path: str | Path, split: str | None = None,
+                 errors: list[tuple[str, str]] | None = None) -> list[Task]:
     """Task files at `path` (a file, a `tasks/` directory, or a checkout root holding `tasks/`).
 
     When split files are found, each task's `meta["split"]` says `train`/`test`; `split` keeps
-    only the tasks listed in that split.
+    only the tasks listed in that split. With an `errors` list, a bad file is recorded there as
+    (file, message) and skipped instead of failing the whole load.
     """
     root = Path(path)
     task_dir = root / "tasks" if (root / "tasks").is_dir() else root
@@ -166,7 +168,13 @@ def load_superni(path: str | Path, split: str | None = None) -> list[Task]:
     membership = {task: name for name, tasks in splits.items() for task in tasks}
     tasks = []
     for file in files:
-        task = parse_superni(read_json(file), file.stem, str(file))
+        try:
+            task = parse_superni(read_json(file), file.stem, str(file))
+        except OptimlError as err:
+            if errors is None:
+                raise
+            errors.append((str(file), str(err)))
+            continue
         if file.stem in membership:
             task.meta["split"] = membership[file.stem]
         if split is None or task.meta.get("split") == split:

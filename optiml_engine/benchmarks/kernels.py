@@ -1,0 +1,185 @@
+"""Kernel benchmark: attention, cross-entropy and AdamW backends side by side.
+
+    python tools/bench_kernels.py attention|cross-entropy|adamw [--out DIR] [--quick]
+
+On a GPU every available backend is timed with `triton.testing.do_bench` at the issue's sizes
+(attention: 2048-token rows of ~8 examples, bf16, head dims 64/80/128; cross-entropy: 16k tokens
+x 50272; AdamW: OPT-1.3B's parameters). Without one, the CPU backends are measured at smaller
+sizes and the Triton/CUDA rows are reported as needing a GPU. Writes <kind>.csv and <kind>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from optiml_engine.benchmarks import kernel_cases as cases
+
+GPU = torch.cuda.is_available()
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def time_ms(fn, warmup: int = 2, reps: int = 5) -> float:
+    """Median milliseconds per call (do_bench on a GPU)."""
+    if GPU:
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100))
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def machine() -> str:
+    if GPU:
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    threads = torch.get_num_threads()
+    return f"CPU {platform.processor() or platform.machine()}, {threads} threads, torch " \
+           f"{torch.__version__}"
+
+
+def bench_attention(quick: bool) -> list[dict]:
+    device, rows = ("cuda", []) if GPU else ("cpu", [])
+    if GPU:
+        configs = [(4, 2048, 16, d, 8, "bf16") for d in (64, 80, 128)]
+    else:
+        configs = [(1, 1024, 4, 64, 8, "fp32")] if quick else \
+            [(1, 1024, 4, d, 8, "fp32") for d in (64, 80)] + [(1, 2048, 4, 64, 8, "fp32")]
+    for batch, seq, heads, dim, n_ex, dtype in configs:
+        fns, flops = cases.attention_cases(batch, seq, heads, dim, n_ex, DTYPES[dtype], device)
+        for backend, fn in fns.items():
+            ms = time_ms(fn)
+            rows.append(dict(kernel="attention", backend=backend, shape=f"B{batch} S{seq} H{heads}"
+                             f" D{dim} {n_ex}ex {dtype}", ms=round(ms, 3),
+                             tflops=round(flops / ms / 1e9, 4)))
+    return rows
+
+
+def _ce_peak_child(variant, tokens, vocab, hidden, dtype, queue):
+    """In a fresh process: peak RSS growth (bytes) of one forward + backward."""
+    torch.set_num_threads(1)
+    inputs = cases.cross_entropy_inputs(tokens, vocab, hidden, DTYPES[dtype], "cpu")
+
+    def rss(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    base = rss("VmRSS:")
+    start = time.perf_counter()
+    cases.cross_entropy_variant(variant, *inputs)
+    queue.put((rss("VmHWM:") - base, (time.perf_counter() - start) * 1e3))
+
+
+def bench_cross_entropy(quick: bool) -> list[dict]:
+    rows = []
+    if GPU:
+        tokens, vocab, hidden, dtype = 16384, 50272, 2048, "bf16"
+    else:
+        tokens, vocab, hidden, dtype = (1024 if quick else 4096), 50272, 768, "fp32"
+    shape = f"{tokens} tok x {vocab} vocab, hidden {hidden}, {dtype}"
+    for variant in cases.cross_entropy_variants("cuda" if GPU else "cpu"):
+        if GPU:
+            inputs = cases.cross_entropy_inputs(tokens, vocab, hidden, DTYPES[dtype], "cuda")
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            cases.cross_entropy_variant(variant, *inputs)
+            peak = torch.cuda.max_memory_allocated() - base
+            ms = time_ms(lambda v=variant, i=inputs: cases.cross_entropy_variant(v, *i))
+            del inputs
+        else:
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue()
+            child = ctx.Process(target=_ce_peak_child,
+                                args=(variant, tokens, vocab, hidden, dtype, queue))
+            child.start()
+            peak, ms = queue.get(timeout=600)
+            child.join()
+        rows.append(dict(kernel="cross_entropy", backend=variant, shape=shape, ms=round(ms, 1),
+                         peak_extra_mb=round(peak / 2**20, 1)))
+    return rows
+
+
+def bench_adamw(quick: bool) -> list[dict]:
+    if GPU:  # OPT-1.3B: hidden 2048, 24 layers
+        shapes, dtype, label = cases.opt_layer_shapes(2048, 24, 50272, 2050), "bf16", "OPT-1.3B"
+    else:  # OPT-125m's tensor layout (12 layers) at width 256: ~13M params, 150 tensors
+        layers = 4 if quick else 12
+        shapes, dtype, label = cases.opt_layer_shapes(256, layers, 8192, 2050), "fp32", \
+            f"OPT layout, {layers} layers, width 256"
+    rows = []
+    fns, n, bytes_moved = cases.adamw_cases(shapes, DTYPES[dtype], "cuda" if GPU else "cpu")
+    for backend, fn in fns.items():
+        ms = time_ms(fn)
+        rows.append(dict(kernel="adamw", backend=backend,
+                         shape=f"{label}: {n / 1e6:.1f}M params, {len(shapes)} tensors, {dtype}",
+                         ms=round(ms, 3), gbps=round(bytes_moved / ms / 1e6, 2)))
+    return rows
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """speedup_vs_<backend>: how many times faster than each other backend on the same shape."""
+    for row in rows:
+        for other in rows:
+            if other["shape"] == row["shape"] and other is not row:
+                row[f"speedup_vs_{other['backend']}"] = round(other["ms"] / row["ms"], 2)
+
+
+def write_outputs(rows: list[dict], kind: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / f"{kind}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    fig, axes = plt.subplots(len(shapes), 1, figsize=(8, 2.5 * len(shapes)), squeeze=False)
+    for ax, shape in zip(axes[:, 0], shapes, strict=True):
+        sub = [r for r in rows if r["shape"] == shape]
+        ax.barh([r["backend"] for r in sub], [r["ms"] for r in sub])
+        ax.set_title(shape, fontsize=9)
+        ax.set_xlabel("ms per call (lower is better)")
+    fig.tight_layout()
+    fig.savefig(out / f"{kind}.png", dpi=100)
+    plt.close(fig)
+
+
+BENCHES = {"attention": bench_attention, "cross-entropy": bench_cross_entropy,
+           "adamw": bench_adamw}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="optiml bench", description=__doc__.split("\n")[0])
+    parser.add_argument("kind", choices=list(BENCHES))
+    parser.add_argument("--out", default="bench_out/kernels", help="directory for CSV and PNG")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    args = parser.parse_args(argv)
+    rows = BENCHES[args.kind](args.quick)
+    add_speedups(rows)
+    write_outputs(rows, args.kind.replace("-", "_"), Path(args.out))
+    print(f"# {args.kind} on {machine()}")
+    for row in rows:
+        print(", ".join(f"{k}={v}" for k, v in row.items()))
+    if not GPU:
+        print("# No GPU: Triton, CUDA and apex figures need a GPU; these are the CPU backends.")
+    print(f"# wrote {args.out}/{args.kind.replace('-', '_')}.csv and .png")
+    return 0

@@ -1,0 +1,205 @@
+"""The bench YAML: which sources, how categories map, caps, de-duplication, the three held-out
+levels, the leakage check and the tokenizer. Every key is checked; mistakes name the key.
+
+```yaml
+name: opt-iml-bench
+seed: 1
+tokenizer: byte                 # or a tokenizer.json / GPT-2 vocab directory
+max_example_tokens: 2046        # source is left-truncated so source + target fit
+train_shots: 0                  # demonstrations in training prompts (paper: off)
+default_cap: 100000             # instances per task (FLAN sources: cap: 30000)
+sources:
+  - {name: superni, format: superni, path: ${SUPERNI_DIR}, required: true}
+  - {name: flan, format: flan, path: flan/, cap: 30000, on_error: skip}
+  - {name: superni, format: synthetic, seed: 0, instances_per_task: 200}
+categories:                     # non-Super-NI tasks: task name, then dataset, then benchmark
+  flan_rte: Textual Entailment
+  glue/mrpc: Text Matching
+on_unmapped: fail               # or skip (listed in the report)
+dedup: {aliases: {glue/mrpc: mrpc}, prefer: [superni, promptsource, flan]}
+held_out:
+  categories: [Textual Entailment]
+  tasks: [task1288_glue_mrpc_paraphrasing]   # and/or tasks_per_category: 1 (drawn by seed)
+  instances: 0.1                # fraction (< 1) or count (>= 1) per training task
+  max_eval_instances: 100       # per task and level
+leakage: {n: 13, threshold: 0.5, action: report}   # or drop_train
+```
+Relative paths are read from the config file's directory; `${VAR}` expands environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import OptimlError
+from .sources import FORMATS
+
+SOURCE_FORMATS = (*FORMATS, "synthetic", "text")
+DEFAULT_CAP = 100_000
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    format: str
+    path: Path | None = None
+    cap: int | None = None
+    required: bool = True
+    on_error: str = "fail"  # a bad file in this source: fail the build, or skip it (reported)
+    split: str | None = None  # superni: keep only the official train/test split
+    seed: int = 0  # synthetic generator seed / FLAN pattern choice
+    instances_per_task: int = 200  # synthetic
+    num_tasks: int | None = None  # synthetic
+
+
+@dataclass
+class HeldOutConfig:
+    categories: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    tasks_per_category: int = 0
+    superni_test_split: bool = False
+    instances: float = 0.1
+    max_eval_instances: int | None = None
+
+
+@dataclass
+class LeakageConfig:
+    n: int = 13
+    threshold: float = 0.5
+    action: str = "report"
+
+
+@dataclass
+class BenchConfig:
+    path: Path
+    name: str
+    seed: int
+    tokenizer: str
+    max_example_tokens: int
+    train_shots: int
+    default_cap: int
+    sources: list[SourceConfig]
+    categories: dict[str, str]
+    on_unmapped: str
+    aliases: dict[str, str]
+    prefer: list[str]
+    held_out: HeldOutConfig
+    leakage: LeakageConfig
+    raw: dict
+
+
+def _check_keys(d: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise OptimlError(where, f"unknown key(s) {', '.join(unknown)}",
+                          f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _typed(d: dict, key: str, kind, default, where: str):
+    value = d.get(key, default)
+    if value is None:
+        return value
+    numeric = kind in (int, float, (int, float))
+    if not isinstance(value, kind) or (numeric and isinstance(value, bool)):
+        raise OptimlError(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, "
+                          f"got {value!r}")
+    return value
+
+
+def _choice(value: str, choices: tuple[str, ...], where: str) -> str:
+    if value not in choices:
+        raise OptimlError(where, f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _source(d: object, i: int, base: Path) -> SourceConfig:
+    where = f"sources[{i}]"
+    if not isinstance(d, dict):
+        raise OptimlError(where, "each source is a mapping with name, format and path")
+    _check_keys(d, set(SourceConfig.__dataclass_fields__), where)
+    fmt = _choice(_typed(d, "format", str, None, where), SOURCE_FORMATS, f"{where}.format")
+    name = _typed(d, "name", str, "superni" if fmt == "synthetic" else None, where)
+    if not name:
+        raise OptimlError(f"{where}.name", "is missing", "name the benchmark, e.g. superni")
+    path = _typed(d, "path", str, None, where)
+    if fmt != "synthetic" and not path:
+        raise OptimlError(f"{where}.path", "is missing", "point it at the local collection")
+    if path:
+        path = base / os.path.expandvars(os.path.expanduser(path))
+    cap = _typed(d, "cap", int, None, where)
+    return SourceConfig(
+        name=name, format=fmt, path=Path(path) if path else None, cap=cap,
+        required=_typed(d, "required", bool, True, where),
+        on_error=_choice(_typed(d, "on_error", str, "fail", where), ("fail", "skip"),
+                         f"{where}.on_error"),
+        split=_typed(d, "split", str, None, where), seed=_typed(d, "seed", int, 0, where),
+        instances_per_task=_typed(d, "instances_per_task", int, 200, where),
+        num_tasks=_typed(d, "num_tasks", int, None, where))
+
+
+def _tokenizer_spec(spec: str, base: Path) -> str:
+    spec = os.path.expandvars(os.path.expanduser(spec))
+    return spec if spec == "byte" or Path(spec).is_absolute() else str(base / spec)
+
+
+def load_bench_config(path: str | Path) -> BenchConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise OptimlError(str(path), f"cannot read the bench config: {err}") from err
+    except yaml.YAMLError as err:
+        raise OptimlError(str(path), f"invalid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise OptimlError(str(path), "a bench config is a YAML mapping")
+    top = {"name", "seed", "tokenizer", "max_example_tokens", "train_shots", "default_cap",
+           "sources", "categories", "on_unmapped", "dedup", "held_out", "leakage"}
+    _check_keys(raw, top, str(path))
+    where = str(path)
+    sources = raw.get("sources")
+    if not isinstance(sources, list) or not sources:
+        raise OptimlError(f"{where}: sources", "needs a non-empty list of sources")
+    categories = _typed(raw, "categories", dict, {}, where) or {}
+    dedup = _typed(raw, "dedup", dict, {}, where) or {}
+    _check_keys(dedup, {"aliases", "prefer"}, f"{where}: dedup")
+    held = _typed(raw, "held_out", dict, {}, where) or {}
+    _check_keys(held, set(HeldOutConfig.__dataclass_fields__), f"{where}: held_out")
+    leak = _typed(raw, "leakage", dict, {}, where) or {}
+    _check_keys(leak, set(LeakageConfig.__dataclass_fields__), f"{where}: leakage")
+    hw = f"{where}: held_out"
+    instances = _typed(held, "instances", (int, float), 0.1, hw)
+    if instances < 0:
+        raise OptimlError(f"{hw}.instances", "must be a fraction in [0, 1) or a count >= 1")
+    cfg = BenchConfig(
+        path=path, name=_typed(raw, "name", str, path.stem, where),
+        seed=_typed(raw, "seed", int, 0, where),
+        tokenizer=_tokenizer_spec(_typed(raw, "tokenizer", str, "byte", where), path.parent),
+        max_example_tokens=_typed(raw, "max_example_tokens", int, 2046, where),
+        train_shots=_typed(raw, "train_shots", int, 0, where),
+        default_cap=_typed(raw, "default_cap", int, DEFAULT_CAP, where),
+        sources=[_source(s, i, path.parent) for i, s in enumerate(sources)],
+        categories={str(k): str(v) for k, v in categories.items()},
+        on_unmapped=_choice(_typed(raw, "on_unmapped", str, "fail", where), ("fail", "skip"),
+                            f"{where}: on_unmapped"),
+        aliases={str(k): str(v) for k, v in (dedup.get("aliases") or {}).items()},
+        prefer=[str(p) for p in dedup.get("prefer") or []],
+        held_out=HeldOutConfig(
+            categories=list(_typed(held, "categories", list, [], hw) or []),
+            tasks=list(_typed(held, "tasks", list, [], hw) or []),
+            tasks_per_category=_typed(held, "tasks_per_category", int, 0, hw),
+            superni_test_split=_typed(held, "superni_test_split", bool, False, hw),
+            instances=instances,
+            max_eval_instances=_typed(held, "max_eval_instances", int, None, hw)),
+        leakage=LeakageConfig(
+            n=_typed(leak, "n", int, 13, f"{where}: leakage"),
+            threshold=float(_typed(leak, "threshold", (int, float), 0.5, f"{where}: leakage")),
+            action=_choice(_typed(leak, "action", str, "report", f"{where}: leakage"),
+                           ("report", "drop_train"), f"{where}: leakage.action")),
+        raw=raw)
+    if cfg.max_example_tokens < 2:
+        raise OptimlError(f"{where}: max_example_tokens", "must be at least 2")
+    return cfg

@@ -1,0 +1,151 @@
+"""Turn the tasks read from every source into one bench: categories, de-duplication, caps and the
+three held-out levels. Each step returns what it dropped and why, for the build report."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ..errors import OptimlError
+from .bench_config import BenchConfig
+from .task import Task
+
+TRAIN, HELDOUT_CATEGORY, HELDOUT_TASK = "train", "heldout_category", "heldout_task"
+TRAIN_ONLY_BENCHMARKS = {"pretraining", "dialogue"}  # mixes, never evaluated
+
+
+@dataclass
+class Skipped:
+    where: str
+    reason: str
+
+
+@dataclass
+class Consolidated:
+    tasks: list[Task]
+    split: dict[str, str]  # task name -> train / heldout_category / heldout_task
+    eval_ids: dict[str, list[str]] = field(default_factory=dict)  # task -> held-out instance ids
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def map_categories(tasks: list[Task], cfg: BenchConfig) -> tuple[list[Task], list[Skipped]]:
+    """Super-NI categories are the base taxonomy; other tasks look up the config table by task
+    name, then dataset, then benchmark. An unmapped task fails the build or is skipped."""
+    kept, skipped = [], []
+    for task in tasks:
+        # a task's own category (Super-NI, or a record's `category`) yields only to its name
+        keys = (task.name,) if task.category else (task.name, task.dataset, task.benchmark)
+        for key in keys:
+            if key in cfg.categories:
+                task.category = cfg.categories[key]
+                break
+        if task.category:
+            kept.append(task)
+            continue
+        what = f"no category for task {task.name} (dataset {task.dataset or '?'})"
+        if cfg.on_unmapped == "fail":
+            raise OptimlError(f"{cfg.path}: categories", f"{what}, read from {task.source}",
+                              "map the task or its dataset in `categories`, or set "
+                              "on_unmapped: skip")
+        skipped.append(Skipped(task.source or task.name, what))
+    return kept, skipped
+
+
+def dataset_key(task: Task, aliases: dict[str, str]) -> str:
+    name = aliases.get(task.dataset, task.dataset)
+    return re.sub(r"[^0-9a-z]+", "", name.lower())
+
+
+def dedup_datasets(tasks: list[Task], cfg: BenchConfig) -> tuple[list[Task], list[Skipped]]:
+    """The same dataset arriving from several benchmarks is kept from one benchmark only: the
+    first in `dedup.prefer`, else the first source in the config."""
+    order = cfg.prefer + [s.name for s in cfg.sources if s.name not in cfg.prefer]
+    rank = {name: i for i, name in enumerate(order)}
+    owner: dict[str, str] = {}
+    for task in tasks:
+        key = dataset_key(task, cfg.aliases)
+        if not key or task.benchmark in TRAIN_ONLY_BENCHMARKS:
+            continue
+        best = owner.get(key)
+        if best is None or rank.get(task.benchmark, len(rank)) < rank.get(best, len(rank)):
+            owner[key] = task.benchmark
+    kept, skipped = [], []
+    for task in tasks:
+        key = dataset_key(task, cfg.aliases)
+        if key in owner and owner[key] != task.benchmark and task.benchmark not in \
+                TRAIN_ONLY_BENCHMARKS:
+            skipped.append(Skipped(task.name, f"duplicate: dataset {task.dataset} is kept from "
+                                              f"benchmark {owner[key]}"))
+        else:
+            kept.append(task)
+    return kept, skipped
+
+
+def cap_instances(task: Task, cap: int, seed: int) -> int:
+    """Drop repeated inputs, then keep a seeded subset of at most `cap` instances (in their
+    original order). Returns how many were dropped."""
+    before = len(task.instances)
+    seen: set[str] = set()
+    unique = []
+    for inst in task.instances:
+        if inst.input not in seen or not inst.input:
+            seen.add(inst.input)
+            unique.append(inst)
+    if len(unique) > cap:
+        keep = sorted(random.Random(f"{seed}:cap:{task.name}").sample(range(len(unique)), cap))
+        unique = [unique[i] for i in keep]
+    task.instances = unique
+    return before - len(unique)
+
+
+def assign_levels(tasks: list[Task], cfg: BenchConfig) -> Consolidated:
+    """The three levels: held-out categories, held-out tasks of seen categories, held-out
+    instances of training tasks."""
+    held = cfg.held_out
+    names = {t.name for t in tasks}
+    unknown = [n for n in held.tasks if n not in names]
+    out = Consolidated(tasks=tasks, split={})
+    if unknown:
+        out.notes.append(f"held_out.tasks not in the bench (ignored): {', '.join(unknown)}")
+    categories = {t.category for t in tasks}
+    missing = [c for c in held.categories if c not in categories]
+    if missing:
+        out.notes.append(f"held-out categories with no task in the bench: {', '.join(missing)}")
+    by_category: dict[str, list[Task]] = defaultdict(list)
+    for task in tasks:
+        if task.benchmark in TRAIN_ONLY_BENCHMARKS:
+            out.split[task.name] = TRAIN
+        elif task.category in held.categories:
+            out.split[task.name] = HELDOUT_CATEGORY
+        else:
+            by_category[task.category].append(task)
+    rng = random.Random(f"{cfg.seed}:heldout-tasks")
+    for category in sorted(by_category):
+        group = sorted(by_category[category], key=lambda t: t.name)
+        chosen = {t.name for t in group if t.name in held.tasks or (
+            held.superni_test_split and t.meta.get("split") == "test")}
+        if held.tasks_per_category and len(group) > 1:
+            free = [t.name for t in group if t.name not in chosen]
+            want = min(held.tasks_per_category, len(group) - 1) - len(chosen)
+            chosen.update(rng.sample(free, max(0, min(want, len(free)))))
+        if len(chosen) == len(group):
+            out.notes.append(f"category {category}: every task is held out, so it is "
+                             "effectively a held-out category")
+        for t in group:
+            out.split[t.name] = HELDOUT_TASK if t.name in chosen else TRAIN
+    for task in tasks:
+        ids = [i.id for i in task.instances]
+        if out.split[task.name] != TRAIN:
+            eval_ids = ids
+        elif task.benchmark in TRAIN_ONLY_BENCHMARKS:
+            eval_ids = []
+        else:
+            count = int(held.instances) if held.instances >= 1 else round(held.instances * len(ids))
+            count = min(count, len(ids) - 1) if len(ids) > 1 else 0
+            eval_ids = random.Random(f"{cfg.seed}:heldout-instances:{task.name}").sample(ids,
+                                                                                      count)
+        out.eval_ids[task.name] = eval_ids  # never trained on; eval may score a prefix
+    return out

@@ -1,0 +1,305 @@
+"""`optiml eval`: a model on the three OPT-IML Bench levels, 0-shot and k-shot.
+
+Tasks with answer options are scored by rank classification (accuracy), the others by greedy
+decoding (exact match and ROUGE-L). Prompts are `</s> source` as in training; a k-shot prompt's
+demonstrations come from the task's demonstration pool and never include the query.
+
+Deterministic (greedy, fixed demonstration draws) and resumable: each (task, shots) pair is written
+to `OUT/tasks/` as soon as it finishes, and a rerun with the same settings skips those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from optiml_engine.errors import OptimlError
+from optiml_engine.eval import metrics
+from optiml_engine.eval.generate import greedy_generate
+from optiml_engine.eval.scoring import score_options
+from optiml_engine.eval.suite import EvalTask, load_suite, subset
+
+
+@dataclass
+class EvalSettings:
+    shots: tuple[int, ...] = (0,)
+    max_new_tokens: int = 256
+    max_instances: int = 100
+    batch_size: int = 8
+    seed: int = 0
+    length_normalize: bool = False
+
+
+def _default_render(task, instance, shots, seed, pool):
+    from optiml_engine.data.prompts import render
+
+    return render(task, instance, shots=shots, seed=seed, pool=pool)
+
+
+def _task_languages_xlingual(task) -> bool:
+    meta = getattr(task, "meta", None) or {}
+    if "Input_language" not in meta and "Output_language" not in meta:
+        return False
+    return metrics.is_xlingual(meta.get("Input_language", ["English"]),
+                               meta.get("Output_language", ["English"]))
+
+
+def _headline(task, scores: dict) -> float:
+    metric = getattr(task, "metric", "rouge_l")
+    if "accuracy" in scores:
+        return scores["accuracy"]
+    return scores["exact_match"] if metric == "exact_match" else scores["rougeL"]
+
+
+def _prompt_ids(tokenizer, source: str, max_len: int) -> list[int]:
+    """`</s> source` in at most `max_len` tokens, the source cut from the left (the query and its
+    answer cue sit at the end; instructions and demonstrations at the start)."""
+    ids = tokenizer.encode(source)
+    keep = max(max_len, 2) - 1
+    return [tokenizer.eos_id, *ids[len(ids) - keep:]] if len(ids) > keep else [tokenizer.eos_id,
+                                                                                  *ids]
+
+
+def evaluate_task(model, tokenizer, et: EvalTask, shots: int, settings: EvalSettings,
+                  render=_default_render, progress=None) -> list[dict]:
+    """Score `et`'s first `max_instances` instances with `shots` demonstrations; one record each."""
+    task = et.task
+    instances = et.instances[: settings.max_instances]
+    max_pos = model.config.max_position_embeddings
+    xlingual = _task_languages_xlingual(task)
+    base = {"task": task.name, "category": task.category, "benchmark": task.benchmark,
+            "level": et.level, "shots": shots}
+    rendered = [render(task, inst, shots, settings.seed, et.demo_pool) for inst in instances]
+    # Longest first: batches hold prompts of similar length (less padding); order restored after.
+    order = sorted(range(len(instances)), key=lambda i: -len(rendered[i][0]))
+    records: list[dict | None] = [None] * len(instances)
+    for start in range(0, len(order), settings.batch_size):
+        batch = order[start: start + settings.batch_size]
+        with_options = [i for i in batch if instances[i].options]
+        free = [i for i in batch if not instances[i].options]
+        if with_options:
+            option_ids = [[tokenizer.encode(" " + o) for o in instances[i].options]
+                          for i in with_options]
+            prompts = [_prompt_ids(tokenizer, rendered[i][0], max_pos - max(map(len, opts)))
+                       for i, opts in zip(with_options, option_ids, strict=True)]
+            results = score_options(model, prompts, option_ids, tokenizer.pad_id)
+            for i, res in zip(with_options, results, strict=True):
+                inst = instances[i]
+                pick = inst.options[res.choice(settings.length_normalize)]
+                scores = {"accuracy": metrics.accuracy(pick, inst.outputs)}
+                scores["score"] = scores["accuracy"]
+                records[i] = {**base, "id": inst.id, "kind": "rank", "prediction": pick,
+                              "references": list(inst.outputs), "options": list(inst.options),
+                              "log_likelihoods": res.log_likelihoods, "scores": scores}
+        if free:
+            budget = min(settings.max_new_tokens, max_pos - 2)
+            prompts = [_prompt_ids(tokenizer, rendered[i][0], max_pos - budget) for i in free]
+            outputs = greedy_generate(model, prompts, budget, tokenizer.eos_id, tokenizer.pad_id,
+                                      vocab_limit=tokenizer.vocab_size)
+            for i, out in zip(free, outputs, strict=True):
+                inst = instances[i]
+                text = tokenizer.decode(out).strip()
+                scores = metrics.score_generation(text, inst.outputs, xlingual)
+                scores["score"] = _headline(task, scores)
+                records[i] = {**base, "id": inst.id, "kind": "generate", "prediction": text,
+                              "references": list(inst.outputs), "scores": scores}
+        if progress is not None:
+            progress.update(len(batch))
+    return records  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Whole runs
+
+
+def _task_file(out: Path, et: EvalTask, shots: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in et.name)
+    return out / "tasks" / et.level / f"{safe}__{shots}shot.json"
+
+
+def _fingerprint(checkpoint: str, bench: str, settings: EvalSettings) -> dict:
+    fields = asdict(settings)
+    fields.pop("shots")  # adding a shot count to a finished run is allowed
+    return {"checkpoint": str(checkpoint), "bench": str(bench), **fields}
+
+
+def run_eval(model, tokenizer, suite: list[EvalTask], settings: EvalSettings, out_dir,
+             fingerprint: dict | None = None, render=_default_render,
+             show_progress: bool = True) -> list[dict]:
+    """Every (task, shots) pair of `suite`, resuming from what `out_dir/tasks` already holds."""
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / "run.json"
+    fingerprint = fingerprint or {}
+    if run_file.is_file() and (out / "tasks").is_dir():
+        previous = json.loads(run_file.read_text())
+        if previous != fingerprint:
+            raise OptimlError(str(run_file), "this directory holds a run with other settings",
+                              "use another --out, or delete it to start over")
+    run_file.write_text(json.dumps(fingerprint, indent=1))
+
+    model.eval()
+    pairs = [(et, shots, _task_file(out, et, shots)) for shots in settings.shots for et in suite]
+    total = sum(min(len(et.instances), settings.max_instances)
+                for et, _, path in pairs if not path.is_file())
+    records: list[dict] = []
+    bar = tqdm(total=total, unit="ex", disable=not show_progress, dynamic_ncols=True)
+    try:
+        for et, shots, path in pairs:
+            if path.is_file():  # finished by an earlier run
+                records += json.loads(path.read_text())
+                continue
+            bar.set_description(f"{et.name[:40]} {shots}-shot")
+            task_records = evaluate_task(model, tokenizer, et, shots, settings, render, bar)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(task_records, ensure_ascii=False))
+            tmp.replace(path)  # a crash never leaves a half-written task behind
+            records += task_records
+    finally:
+        bar.close()
+    return records
+
+
+def load_model(path: str, device: str = "cpu"):
+    """(model, tokenizer spec) from a Hugging Face OPT directory or an engine checkpoint."""
+    from optiml_engine.model import OPTForCausalLM
+
+    p = Path(path)
+    if (p / "config.json").is_file():
+        model = OPTForCausalLM.from_hf(p)
+        has_bpe = (p / "tokenizer.json").is_file() or (p / "vocab.json").is_file()
+        spec = str(p) if has_bpe else "byte"
+    elif p.exists():
+        from optiml_engine.model.convert import load_engine_model
+        from optiml_engine.training import checkpoint as ckpt
+
+        model = load_engine_model(p)
+        meta_dir = p if ckpt.is_complete(p) else (ckpt.latest_checkpoint(p) or p)
+        recipe = ckpt.read_meta(meta_dir).get("recipe") or {}
+        spec = recipe.get("data", {}).get("tokenizer", "byte")
+    else:
+        raise OptimlError(f"--checkpoint {path}", "not found",
+                          "pass an engine checkpoint directory or a Hugging Face OPT directory")
+    return model.to(device).eval(), spec
+
+
+def _parse_shots(text: str) -> tuple[int, ...]:
+    try:
+        shots = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        shots = ()
+    if not shots or any(s < 0 for s in shots):
+        raise OptimlError(f"--shots {text}", "not a list of non-negative integers", "e.g. 0,5")
+    return shots
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="optiml eval", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="engine checkpoint or HF OPT directory")
+    p.add_argument("--bench", required=True, help="bench manifest (or its directory), or "
+                   "'synthetic[:SEED]'")
+    p.add_argument("--shots", default="0", help="comma-separated numbers of demonstrations")
+    p.add_argument("--out", required=True, help="output directory (results, report, charts)")
+    p.add_argument("--tokenizer", help="tokenizer spec (default: from the checkpoint)")
+    p.add_argument("--max-instances", type=int, default=100, help="instances per task")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="greedy decoding budget")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draws")
+    p.add_argument("--length-normalize", action="store_true",
+                   help="rank options by mean token log-likelihood instead of the sum")
+    p.add_argument("--levels", help="comma-separated levels to run (default: all)")
+    p.add_argument("--history", help="in-training evaluations (JSONL) to chart against steps")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from optiml_engine.data.tokenizer import load_tokenizer
+    from optiml_engine.eval.report import group_table, load_history, write_report
+
+    args = build_parser().parse_args(argv)
+    settings = EvalSettings(shots=_parse_shots(args.shots), max_new_tokens=args.max_new_tokens,
+                            max_instances=args.max_instances, batch_size=args.batch_size,
+                            seed=args.seed, length_normalize=args.length_normalize)
+    suite = load_suite(args.bench)
+    if args.levels:
+        keep = set(args.levels.split(","))
+        suite = [et for et in suite if et.level in keep]
+    if not suite:
+        raise OptimlError(f"--bench {args.bench}", "no evaluation tasks", "check the bench/levels")
+    model, spec = load_model(args.checkpoint, args.device)
+    tokenizer = load_tokenizer(args.tokenizer or spec)
+    if Path(args.tokenizer or spec).is_dir():
+        try:  # the official xlingual ROUGE-L tokens are GPT-2 BPE, as OPT's tokenizer is
+            metrics.set_xlingual_tokenizer(args.tokenizer or spec)
+        except OptimlError:
+            pass
+    start = time.time()
+    fingerprint = _fingerprint(args.checkpoint, args.bench, settings)
+    records = run_eval(model, tokenizer, suite, settings, args.out, fingerprint)
+    meta = {**fingerprint, "shots": list(settings.shots), "instances": len(records),
+            "seconds": round(time.time() - start, 1),
+            "suite_hash": hashlib.sha256(json.dumps(sorted(
+                (et.level, et.name, len(et.instances)) for et in suite)).encode()).hexdigest()[:16]}
+    history = load_history(args.history) if args.history else None
+    summary = write_report(args.out, records, meta, history)
+    print(group_table(summary, "level"))
+    print(f"wrote {Path(args.out) / 'report.md'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# During training
+
+
+class TrainingEvaluator:
+    """A fixed subset of a bench, evaluated every `eval.interval` steps by the trainer.
+
+    `__call__(model, step)` returns {"eval/<level>/<k>shot": score} (and per-benchmark scalars)
+    for the logger, and appends them to `history_path` (JSONL) for the report's line chart.
+    """
+
+    def __init__(self, eval_cfg, tokenizer, history_path: str | Path | None = None,
+                 render=_default_render):
+        self.tokenizer = tokenizer
+        self.render = render
+        self.settings = EvalSettings(shots=tuple(eval_cfg.shots),
+                                     max_new_tokens=eval_cfg.max_new_tokens,
+                                     max_instances=eval_cfg.subset_instances,
+                                     batch_size=eval_cfg.batch_size,
+                                     length_normalize=eval_cfg.length_normalize)
+        self.suite = subset(load_suite(eval_cfg.bench), eval_cfg.subset_tasks,
+                            eval_cfg.subset_instances)
+        self.history_path = Path(history_path) if history_path else None
+
+    def __call__(self, model, step: int) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            records = []
+            for shots in self.settings.shots:
+                for et in self.suite:
+                    records += evaluate_task(model, self.tokenizer, et, shots, self.settings,
+                                             self.render)
+        finally:
+            model.train(was_training)
+        summary = metrics.aggregate(records)
+        scalars = {}
+        for shots, groups in summary.items():
+            for kind in ("level", "benchmark"):
+                for name, values in groups[kind].items():
+                    scalars[f"eval/{kind}/{name}/{shots}shot"] = values["score"]
+        if self.history_path is not None:
+            self.history_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.history_path.open("a") as f:
+                f.write(json.dumps({"step": step, **scalars}) + "\n")
+        return scalars

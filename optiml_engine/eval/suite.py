@@ -1,0 +1,151 @@
+"""What an evaluation runs on: `EvalTask`s, each a task of one level with the instances to score
+and the pool its k-shot demonstrations come from.
+
+Levels (OPT-IML Bench): `held_out_categories` (no task of the category was trained on),
+`held_out_tasks` (unseen tasks of seen categories) and `held_out_instances` (unseen instances of
+training tasks; demonstrations then come from the task's training instances only).
+
+`load_suite(spec)` reads:
+- a bench built by `optiml data build` (its directory or manifest.json);
+- an eval manifest JSON: {"tasks": [{"path": task file, "format": "superni", "level": ...,
+  "eval_ids": [...] (optional, default all), "demo_ids": [...] (optional)}]}, paths relative to
+  the manifest;
+- `synthetic[:SEED]`: the embedded synthetic tasks under a fixed layout (the last two categories
+  held out, the last task of every other category held out, the last 20% of every remaining task's
+  instances held out), for the demo and tests before a bench is built.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optiml_engine.errors import OptimlError
+
+LEVELS = ("held_out_categories", "held_out_tasks", "held_out_instances")
+
+
+@dataclass
+class EvalTask:
+    task: Any  # optiml_engine.data.task.Task or alike: name, benchmark, category, instances
+    level: str
+    instances: list  # the instances scored
+    demo_pool: list | None = None  # k-shot demonstrations come from here (None: task.instances)
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+
+def _by_ids(instances: list, ids: list[str] | None, where: str) -> list:
+    if ids is None:
+        return list(instances)
+    index = {inst.id: inst for inst in instances}
+    missing = [i for i in ids if i not in index]
+    if missing:
+        raise OptimlError(where, f"instance ids not in the task: {missing[:3]}",
+                          "rebuild the manifest from the same task files")
+    return [index[i] for i in ids]
+
+
+def _read_eval_manifest(path: Path) -> list[EvalTask]:
+    from optiml_engine.data.sources import load_tasks
+
+    try:
+        data = json.loads(path.read_text())
+        entries = data["tasks"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise OptimlError(str(path), f"not an eval manifest ({e})",
+                          'write {"tasks": [{"path": ..., "format": ..., "level": ...}]}') from None
+    suite = []
+    for n, entry in enumerate(entries):
+        where = f"{path}: tasks[{n}]"
+        for key in ("path", "level"):
+            if key not in entry:
+                raise OptimlError(where, f"missing '{key}'", f"add '{key}'")
+        for task in load_tasks(path.parent / entry["path"], entry.get("format", "superni")):
+            evals = _by_ids(task.instances, entry.get("eval_ids"), where)
+            demos = entry.get("demo_ids")
+            pool = _by_ids(task.instances, demos, where) if demos is not None else None
+            suite.append(EvalTask(task, entry["level"], evals, pool))
+    return suite
+
+
+def synthetic_suite(seed: int = 0, instances_per_task: int = 50) -> list[EvalTask]:
+    """The fixed interim layout over the synthetic tasks (see the module docstring)."""
+    from optiml_engine.data.synthetic import synthetic_tasks
+
+    tasks = synthetic_tasks(seed, instances_per_task)
+    categories = list(dict.fromkeys(t.category for t in tasks))
+    held_categories = set(categories[-2:])
+    last_of_category = {t.category: t.name for t in tasks}
+    suite = []
+    for task in tasks:
+        if task.category in held_categories:
+            suite.append(EvalTask(task, "held_out_categories", list(task.instances)))
+        elif last_of_category[task.category] == task.name:
+            suite.append(EvalTask(task, "held_out_tasks", list(task.instances)))
+        else:
+            cut = len(task.instances) - max(1, len(task.instances) // 5)
+            suite.append(EvalTask(task, "held_out_instances", task.instances[cut:],
+                                  task.instances[:cut]))
+    return suite
+
+
+def load_suite(spec: str) -> list[EvalTask]:
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        return synthetic_suite(int(spec.partition(":")[2] or 0))
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        raise OptimlError(f"--bench {spec}", "no manifest there",
+                          "pass a bench manifest.json (or its directory), or 'synthetic'")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise OptimlError(str(path), f"not valid JSON ({e})", "rebuild the bench") from None
+    if _is_eval_manifest(data):
+        return _read_eval_manifest(path)
+    return built_bench_suite(path.parent)
+
+
+# The bench builder's split names -> the evaluation levels.
+BENCH_LEVELS = {"heldout_category": "held_out_categories", "heldout_task": "held_out_tasks",
+                "heldout_instance": "held_out_instances"}
+
+
+def built_bench_suite(bench_dir: Path) -> list[EvalTask]:
+    """The three levels of a bench built by `optiml data build`. Held-out instances draw their
+    demonstrations from the task's training instances only; held-out tasks from their own other
+    instances (the prompt renderer never uses the query itself)."""
+    from optiml_engine.data.bench_store import BuiltBench
+
+    suite = []
+    for split, pairs in BuiltBench(bench_dir).eval_sets().items():
+        for task, instances in pairs:
+            pool = None
+            if split == "heldout_instance":
+                scored = {i.id for i in instances}
+                pool = [i for i in task.instances if i.id not in scored]
+            suite.append(EvalTask(task, BENCH_LEVELS[split], instances, pool))
+    return suite
+
+
+def _is_eval_manifest(data) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("tasks"), list) and all(
+        isinstance(e, dict) and "path" in e and "level" in e for e in data["tasks"])
+
+
+def subset(suite: list[EvalTask], tasks_per_level: int, instances_per_task: int) -> list[EvalTask]:
+    """A fixed, small slice for in-training evaluation: the first tasks of each level (in name
+    order) and their first instances."""
+    picked = []
+    for level in sorted({et.level for et in suite}):
+        tasks = sorted((et for et in suite if et.level == level), key=lambda et: et.name)
+        for et in tasks[:tasks_per_level]:
+            picked.append(EvalTask(et.task, et.level, et.instances[:instances_per_task],
+                                   et.demo_pool))
+    return picked

@@ -1,0 +1,255 @@
+"""Flash-attention forward and backward for packed rows, in Triton.
+
+Tiled online softmax: no S x S matrix is ever stored; the backward pass recomputes the
+probabilities from the saved log-sum-exp. Query i sees key j iff seg_start[i] <= j <= i (causal
+inside its own example); a query tile starts its key loop at the first run start among its rows,
+so key tiles of earlier examples and tiles above the diagonal are never visited. Head dims that
+are not powers of two (80, 96) are padded to the next power of two with masked loads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _dot(a, b, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # Triton 3.9's CPU interpreter multiplies the raw bits of bf16 operands; upcasting the
+    # (exactly representable) bf16 values to fp32 gives the product the GPU computes.
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, OUT, LSE, SEG_START,
+              sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
+              H, S, D, qk_scale,
+              HAS_DOCS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              D_PAD: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    row_ok = offs_m < S
+    d_ok = offs_d < D
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if HAS_DOCS:
+        start = tl.load(SEG_START + b * S + offs_m, mask=row_ok, other=S)
+        lo = (tl.min(start, axis=0) // BLOCK_N) * BLOCK_N
+    else:
+        start = tl.zeros([BLOCK_M], dtype=tl.int32)
+        lo = 0
+    hi = tl.minimum((pid_m + 1) * BLOCK_M, S)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < S
+        kv_mask = col_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        s = _dot(q, tl.trans(k), DOT_PREC, UPCAST) * qk_scale
+        valid = ((offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= start[:, None])
+                 & col_ok[None, :])
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row with nothing visible yet keeps m = -inf; subtracting 0 keeps exp2 finite.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC, UPCAST)
+        m_i = m_new
+
+    has_keys = l_i > 0.0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    # +inf log-sum-exp makes the backward's recomputed probabilities exactly 0 for empty rows.
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("inf"))
+    tl.store(OUT + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
+             out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + pid_bh * S + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, SEG_END,
+                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
+                   H, S, D, qk_scale, sm_scale,
+                   HAS_DOCS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   D_PAD: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """One key tile: walk the query tiles that can see it (from the diagonal to its run's end)."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    col_ok = offs_n < S
+    d_ok = offs_d < D
+    kv_mask = col_ok[:, None] & d_ok[None, :]
+    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    if HAS_DOCS:
+        end = tl.load(SEG_END + b * S + offs_n, mask=col_ok, other=-1)
+        hi = tl.max(end, axis=0) + 1
+    else:
+        end = tl.full([BLOCK_N], S - 1, dtype=tl.int32)
+        hi = S
+    lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M
+
+    dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    for m0 in range(lo, hi, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < S
+        q_mask = row_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
+                    mask=q_mask, other=0.0)
+        do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
+                     mask=q_mask, other=0.0)
+        lse = tl.load(LSE + pid_bh * S + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + pid_bh * S + offs_m, mask=row_ok, other=0.0)
+        s_t = _dot(k, tl.trans(q), DOT_PREC, UPCAST) * qk_scale
+        valid = ((offs_m[None, :] >= offs_n[:, None]) & (offs_m[None, :] <= end[:, None])
+                 & row_ok[None, :])
+        p_t = tl.where(valid, tl.exp2(s_t - lse[None, :]), 0.0)
+        dv += _dot(p_t.to(do.dtype), do, DOT_PREC, UPCAST)
+        dp_t = _dot(v, tl.trans(do), DOT_PREC, UPCAST)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += _dot(ds_t.to(q.dtype), q, DOT_PREC, UPCAST)
+
+    out_offs = b * sob + h * soh + offs_n[:, None] * sos + offs_d[None, :]
+    tl.store(DK + out_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + out_offs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, SEG_START,
+                 sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
+                 H, S, D, qk_scale, sm_scale,
+                 HAS_DOCS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 D_PAD: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """One query tile: the same key range as the forward pass."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    row_ok = offs_m < S
+    d_ok = offs_d < D
+    q_mask = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
+                mask=q_mask, other=0.0)
+    do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
+                 mask=q_mask, other=0.0)
+    lse = tl.load(LSE + pid_bh * S + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh * S + offs_m, mask=row_ok, other=0.0)
+    if HAS_DOCS:
+        start = tl.load(SEG_START + b * S + offs_m, mask=row_ok, other=S)
+        lo = (tl.min(start, axis=0) // BLOCK_N) * BLOCK_N
+    else:
+        start = tl.zeros([BLOCK_M], dtype=tl.int32)
+        lo = 0
+    hi = tl.minimum((pid_m + 1) * BLOCK_M, S)
+
+    dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < S
+        kv_mask = col_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        s = _dot(q, tl.trans(k), DOT_PREC, UPCAST) * qk_scale
+        valid = ((offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= start[:, None])
+                 & col_ok[None, :])
+        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        dp = _dot(do, tl.trans(v), DOT_PREC, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, DOT_PREC, UPCAST)
+    tl.store(DQ + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _blocks(head_dim_pad: int, block_m: int | None, block_n: int | None) -> tuple[int, int]:
+    if _interpreting():
+        return block_m or 32, block_n or 32
+    default_n = 64 if head_dim_pad <= 64 else 32
+    return block_m or 64, block_n or default_n
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+class TritonAttention(torch.autograd.Function):
+    """Causal packed-row attention; q, k, v [B, S, H, D] with the last dim contiguous."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, seg_start, seg_end, scale, block_m, block_n):
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        b, s, h, d = q.shape
+        d_pad = max(16, triton.next_power_of_2(d))
+        bm, bn = _blocks(d_pad, block_m, block_n)
+        out = torch.empty(b, s, h, d, dtype=q.dtype, device=q.device)
+        lse = torch.empty(b * h, s, dtype=torch.float32, device=q.device)
+        has_docs = seg_start is not None
+        prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        upcast = _interpreting() and q.dtype == torch.bfloat16
+        _attn_fwd[(triton.cdiv(s, bm), b * h)](
+            q, k, v, out, lse, seg_start if has_docs else lse,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            h, s, d, scale * LOG2E,
+            HAS_DOCS=has_docs, BLOCK_M=bm, BLOCK_N=bn, D_PAD=d_pad, DOT_PREC=prec,
+            UPCAST=upcast)
+        ctx.save_for_backward(q, k, v, out, lse, seg_start, seg_end)
+        ctx.cfg = (scale, bm, bn, d_pad, prec, upcast, has_docs)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, seg_start, seg_end = ctx.saved_tensors
+        scale, bm, bn, d_pad, prec, upcast, has_docs = ctx.cfg
+        b, s, h, d = q.shape
+        do = grad_out.contiguous()
+        # delta_i = sum_d dO_i * O_i: the softmax-backward row term, [B*H, S] like lse.
+        delta = (do.float() * out.float()).sum(-1).permute(0, 2, 1).reshape(b * h, s).contiguous()
+        dq, dk, dv = (torch.empty_like(out) for _ in range(3))
+        common = (*_strides(q), *_strides(k), *_strides(v), *_strides(do),
+                  h, s, d, scale * LOG2E, scale)
+        meta = dict(HAS_DOCS=has_docs, BLOCK_M=bm, BLOCK_N=bn, D_PAD=d_pad, DOT_PREC=prec,
+                    UPCAST=upcast)
+        _attn_bwd_dkdv[(triton.cdiv(s, bn), b * h)](
+            q, k, v, do, dk, dv, lse, delta, seg_end if has_docs else lse, *common, **meta)
+        _attn_bwd_dq[(triton.cdiv(s, bm), b * h)](
+            q, k, v, do, dq, lse, delta, seg_start if has_docs else lse, *common, **meta)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def triton_attention(q, k, v, seg_start=None, seg_end=None, scale=None,
+                     block_m: int | None = None, block_n: int | None = None):
+    """Self-attention (Sq == Sk) over packed rows; seg_start/seg_end from `segment_bounds`."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return TritonAttention.apply(q, k, v, seg_start, seg_end, scale, block_m, block_n)

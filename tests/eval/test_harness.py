@@ -1,0 +1,157 @@
+"""The harness: levels, k-shot demonstrations, determinism, resume, the CLI entry and the
+in-training evaluator, on a tiny random model with the byte tokenizer."""
+
+import json
+
+import pytest
+
+from optiml_engine.data.prompts import render
+from optiml_engine.data.task import Instance, Task
+from optiml_engine.data.tokenizer import ByteTokenizer
+from optiml_engine.errors import OptimlError
+from optiml_engine.eval.harness import EvalSettings, evaluate_task, main, run_eval
+from optiml_engine.eval.suite import EvalTask, subset, synthetic_suite
+
+
+def _task(name, category, n, options=None, metric="exact_match"):
+    insts = [Instance(f"{name}-{i}", f"q{i}{name[-1]}", [options[i % 2] if options else f"a{i}"],
+                      options) for i in range(n)]
+    return Task(name=name, benchmark="superni", category=category, definition="Do it.",
+                instances=insts, metric=metric)
+
+
+def _suite():
+    gen = _task("taskA", "cat1", 6)
+    cls = _task("taskB", "cat2", 5, options=["yes", "no"])
+    seen = _task("taskC", "cat1", 8)
+    return [EvalTask(gen, "held_out_tasks", gen.instances),
+            EvalTask(cls, "held_out_categories", cls.instances),
+            EvalTask(seen, "held_out_instances", seen.instances[5:], seen.instances[:5])]
+
+
+class Recorder:
+    """prompts.render, remembering every (task, query, shots, source)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, task, inst, shots, seed, pool):
+        source, target = render(task, inst, shots=shots, seed=seed, pool=pool)
+        self.calls.append((task.name, inst, shots, source))
+        return source, target
+
+
+SETTINGS = EvalSettings(shots=(0, 2), max_new_tokens=4, batch_size=3)
+
+
+@pytest.fixture
+def model(tiny_models):
+    return tiny_models[0]
+
+
+def test_levels_kshot_and_records(model, tmp_path):
+    rec = Recorder()
+    records = run_eval(model, ByteTokenizer(), _suite(), SETTINGS, tmp_path, render=rec,
+                       show_progress=False)
+    assert len(records) == 2 * (6 + 5 + 3)
+    levels = {(r["task"], r["level"]) for r in records}
+    assert levels == {("taskA", "held_out_tasks"), ("taskB", "held_out_categories"),
+                      ("taskC", "held_out_instances")}
+    for r in records:
+        assert r["kind"] == ("rank" if r["task"] == "taskB" else "generate")
+        if r["kind"] == "rank":
+            assert r["prediction"] in ["yes", "no"] and len(r["log_likelihoods"]) == 2
+            best = max(range(2), key=r["log_likelihoods"].__getitem__)
+            assert r["prediction"] == r["options"][best]
+            assert r["scores"]["score"] == (100.0 if r["prediction"] in r["references"] else 0.0)
+    pool_c = {i.input for i in _suite()[2].demo_pool}
+    for name, inst, shots, source in rec.calls:
+        # the query appears once, as the last block; 2-shot prompts hold 2 other instances
+        assert source.count(f"Input: {inst.input}\n") == 1
+        assert source.split("\n\n")[-1].startswith(f"Input: {inst.input}\n")
+        assert source.count("Input: ") == 1 + shots
+        if name == "taskC":  # held-out instances: demonstrations from training instances only
+            demos = [b.split("\n")[0][len("Input: "):] for b in source.split("\n\n")[1:-1]]
+            assert set(demos) <= pool_c
+
+
+def test_deterministic_and_resumable(model, tmp_path):
+    first = run_eval(model, ByteTokenizer(), _suite(), SETTINGS, tmp_path / "a",
+                     show_progress=False)
+    again = run_eval(model, ByteTokenizer(), _suite(), SETTINGS, tmp_path / "b",
+                     show_progress=False)
+    assert first == again
+    files = sorted((tmp_path / "a" / "tasks").rglob("*.json"))
+    assert len(files) == 6
+    files[0].unlink()  # as if the run had crashed before this task
+    rec = Recorder()
+    resumed = run_eval(model, ByteTokenizer(), _suite(), SETTINGS, tmp_path / "a", render=rec,
+                       show_progress=False)
+    assert resumed == first
+    redone = {(name, shots) for name, _, shots, _ in rec.calls}
+    assert len(redone) == 1  # only the missing (task, shots) pair ran again
+
+
+def test_other_settings_refuse_to_resume(model, tmp_path):
+    run_eval(model, ByteTokenizer(), _suite()[:1], SETTINGS, tmp_path, {"seed": 0},
+             show_progress=False)
+    with pytest.raises(OptimlError, match="other settings"):
+        run_eval(model, ByteTokenizer(), _suite()[:1], SETTINGS, tmp_path, {"seed": 1},
+                 show_progress=False)
+
+
+def test_long_prompts_are_cut_from_the_left(model):
+    long = _task("taskL", "cat", 2)
+    long.definition = "x" * 500  # far beyond the tiny model's 64 positions
+    recs = evaluate_task(model, ByteTokenizer(), EvalTask(long, "held_out_tasks", long.instances),
+                         0, EvalSettings(max_new_tokens=8))
+    assert len(recs) == 2 and all(r["kind"] == "generate" for r in recs)
+
+
+def test_synthetic_layout_levels_are_disjoint():
+    suite = synthetic_suite(0, 10)
+    by_level = {}
+    for et in suite:
+        by_level.setdefault(et.level, []).append(et)
+    cats = {lv: {et.task.category for et in ets} for lv, ets in by_level.items()}
+    assert not cats["held_out_categories"] & (cats["held_out_tasks"] | cats["held_out_instances"])
+    assert cats["held_out_tasks"] <= cats["held_out_instances"]
+    for et in by_level["held_out_instances"]:
+        ids = {i.id for i in et.instances}
+        assert ids and not ids & {i.id for i in et.demo_pool}
+    small = subset(suite, 1, 2)
+    assert len(small) == 3 and all(len(et.instances) == 2 for et in small)
+
+
+@pytest.mark.slow
+def test_main_writes_report_from_hf_dir(tiny_hf_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(tiny_hf_dir), "--bench", "synthetic", "--shots", "0,1",
+            "--out", str(out), "--max-instances", "2", "--max-new-tokens", "3",
+            "--levels", "held_out_categories"]
+    assert main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["instances"]) == 2 * 10 * 2  # 2 shots x 10 tasks x 2 instances
+    assert set(data["summary"]) == {"0", "1"}
+    assert (out / "levels.png").is_file() and "held-out categories" in capsys.readouterr().out
+    with pytest.raises(OptimlError):
+        main(argv[:5] + ["0,x"] + argv[6:])
+
+
+def test_training_evaluator_logs_scalars_and_history(model, tmp_path):
+    from optiml_engine.config import EvalConfig
+    from optiml_engine.eval.harness import TrainingEvaluator
+
+    cfg = EvalConfig(interval=10, bench="synthetic", shots=[0], max_new_tokens=3,
+                     subset_tasks=1, subset_instances=2)
+    evaluator = TrainingEvaluator(cfg, ByteTokenizer(), tmp_path / "h.jsonl")
+    model.train()
+    scalars = evaluator(model, step=10)
+    assert model.training  # mode restored
+    model.eval()
+    assert {"eval/level/held_out_categories/0shot", "eval/level/held_out_tasks/0shot",
+            "eval/level/held_out_instances/0shot"} <= set(scalars)
+    assert all(0.0 <= v <= 100.0 for v in scalars.values())
+    evaluator(model, step=20)
+    rows = [json.loads(x) for x in (tmp_path / "h.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20] and rows[0] == {"step": 10, **scalars}

@@ -1,0 +1,55 @@
+"""results.json, report.md and the PNG charts from a handful of hand-made records."""
+
+import json
+
+from optiml_engine.eval.report import load_history, side_by_side, write_report
+
+
+def _records():
+    def rec(task, category, level, shots, score, kind="generate"):
+        return {"task": task, "category": category, "benchmark": "superni", "level": level,
+                "shots": shots, "id": f"{task}-{score}", "kind": kind, "prediction": "p",
+                "references": ["r"], "scores": {"score": score, "rougeL": score}}
+
+    return [rec("t1", "qa", "held_out_tasks", 0, 40.0), rec("t1", "qa", "held_out_tasks", 0, 60.0),
+            rec("t2", "cls", "held_out_categories", 0, 10.0),
+            rec("t2", "cls", "held_out_categories", 5, 30.0),
+            rec("t1", "qa", "held_out_tasks", 5, 70.0)]
+
+
+def test_report_files_and_tables(tmp_path):
+    history = [{"step": 10, "eval/held_out_tasks/0shot": 5.0},
+               {"step": 20, "eval/held_out_tasks/0shot": 9.0}]
+    summary = write_report(tmp_path, _records(), {"checkpoint": "ckpt", "shots": [0, 5]}, history)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["instances"]) == 5
+    assert data["instances"][0]["prediction"] == "p" and data["instances"][0]["references"] == ["r"]
+    assert data["summary"]["0"]["level"]["held_out_tasks"]["score"] == 50.0
+    assert summary[5]["level"]["held_out_categories"]["score"] == 30.0
+
+    md = (tmp_path / "report.md").read_text()
+    # levels in the paper's order, one column per shot count
+    assert "| level | 0-shot score | 5-shot score |" in md
+    assert "| 1. held-out categories | 10.0 | 30.0 |" in md
+    assert "| 2. held-out tasks of seen categories | 50.0 | 70.0 |" in md
+    assert md.index("1. held-out categories") < md.index("2. held-out tasks")
+    assert "| qa | 50.0 | 70.0 |" in md  # per-category rows
+    for png in ("levels.png", "training_evals.png"):
+        blob = (tmp_path / png).read_bytes()
+        assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 5000
+        assert f"({png})" in md
+
+
+def test_side_by_side_and_history(tmp_path):
+    from optiml_engine.eval.metrics import aggregate
+
+    after = aggregate(_records())
+    before = aggregate([dict(r, scores={"score": 0.0}) for r in _records()])
+    table = side_by_side({"untrained": before, "trained": after})
+    assert table.splitlines()[0] == ("| level | untrained 0-shot | untrained 5-shot |"
+                                     " trained 0-shot | trained 5-shot |")
+    assert "| 2. held-out tasks of seen categories | 0.0 | 0.0 | 50.0 | 70.0 |" in table
+    path = tmp_path / "h.jsonl"
+    path.write_text('{"step": 1, "a": 2.0}\n\n{"step": 2, "a": 3.0}\n')
+    assert load_history(path) == [{"step": 1, "a": 2.0}, {"step": 2, "a": 3.0}]
+    assert load_history(tmp_path / "missing.jsonl") == []

@@ -1,0 +1,126 @@
+"""Multi-tensor mixed-precision AdamW against torch.optim.AdamW."""
+
+import pytest
+import torch
+
+from optiml_engine.kernels.adamw import adamw_step, check_grads
+from optiml_engine.kernels.adamw_optimizer import MixedPrecisionAdamW
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(1,), (7,), (300,), (33, 40)]  # sizes off the chunk size, one tensor spans chunks
+LRS = [1e-3 * (1 + i) / 10 for i in range(10)]  # a changing lr, as a schedule gives
+HP = dict(beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
+BACKENDS = ["foreach", "loop", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def make_params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g).to(DEVICE) for s in SHAPES]
+
+
+def make_grads(step, dtype=torch.float32):
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(s, generator=g).to(DEVICE, dtype) for s in SHAPES]
+
+
+def torch_adamw_run(params, grads_per_step, weight_decay=HP["weight_decay"]):
+    params = [p.clone().requires_grad_() for p in params]
+    opt = torch.optim.AdamW(params, lr=LRS[0], betas=(HP["beta1"], HP["beta2"]), eps=HP["eps"],
+                            weight_decay=weight_decay, foreach=False)
+    for lr, grads in zip(LRS, grads_per_step, strict=True):
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.float()
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp32_matches_torch_adamw_after_10_steps(backend):
+    params = make_params()
+    grads_per_step = [make_grads(i) for i in range(10)]
+    want = torch_adamw_run(params, grads_per_step)
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for step, (lr, grads) in enumerate(zip(LRS, grads_per_step, strict=True), start=1):
+        found = adamw_step(params, grads, m, v, lr=lr, step=step, backend=backend, **HP)
+        assert found.item() == 0.0
+    for got, ref in zip(params, want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["foreach", "triton"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_params_with_fp32_masters(backend, dtype):
+    start = make_params(seed=1)
+    grads_per_step = [make_grads(i, dtype) for i in range(10)]
+    want = torch_adamw_run(start, grads_per_step)  # fp32 run on the same (rounded) grads
+    masters = [p.clone() for p in start]
+    params = [p.to(dtype) for p in start]
+    m = [torch.zeros_like(p) for p in start]
+    v = [torch.zeros_like(p) for p in start]
+    for step, (lr, grads) in enumerate(zip(LRS, grads_per_step, strict=True), start=1):
+        adamw_step(params, grads, m, v, masters, lr=lr, step=step, backend=backend, **HP)
+    for p, master, ref in zip(params, masters, want, strict=True):
+        torch.testing.assert_close(master, ref, rtol=1e-6, atol=1e-7)
+        assert torch.equal(p, master.to(dtype))
+
+
+@pytest.mark.parametrize("backend", ["foreach", "triton"])
+def test_inf_or_nan_skips_the_step_and_sets_found_inf(backend):
+    params = make_params(seed=2)
+    before = [p.clone() for p in params]
+    m = [torch.full_like(p, 0.5) for p in params]
+    v = [torch.full_like(p, 0.25) for p in params]
+    grads = make_grads(0)
+    grads[2][17] = float("nan")
+    grads[3][5, 5] = float("inf")
+    found = adamw_step(params, grads, m, v, lr=1e-3, step=1, backend=backend, **HP)
+    assert found.item() == 1.0
+    for p, b in zip(params, before, strict=True):
+        assert torch.equal(p, b)
+    assert all(torch.equal(t, torch.full_like(t, 0.5)) for t in m)
+    assert all(torch.equal(t, torch.full_like(t, 0.25)) for t in v)
+
+
+@pytest.mark.parametrize("backend", ["foreach", "triton"])
+def test_overflow_from_the_loss_scale_is_detected(backend):
+    grads = [torch.full((300,), 60000.0, dtype=torch.float16, device=DEVICE)]
+    found = torch.zeros((), device=DEVICE)
+    check_grads(grads, 1.0, found, backend=backend)
+    assert found.item() == 0.0
+    grads[0][3] = float("inf")  # an fp16 gradient that overflowed under the loss scale
+    check_grads(grads, 1.0 / 65536, found, backend=backend)
+    assert found.item() == 1.0
+
+
+@pytest.mark.parametrize("backend", ["foreach", "triton"])
+def test_optimizer_class_matches_torch_adamw_with_two_groups(backend):
+    """Decay and no-decay groups as the trainer builds them; loss-scaled grads; one skip."""
+    start = make_params(seed=3)
+    grads_per_step = [make_grads(i) for i in range(10)]
+    torch_params = [p.clone().requires_grad_() for p in start]
+    ours = [p.clone().requires_grad_() for p in start]
+
+    def groups(ps):
+        return [{"params": ps[2:], "weight_decay": 0.1}, {"params": ps[:2], "weight_decay": 0.0}]
+
+    ref_opt = torch.optim.AdamW(groups(torch_params), lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    opt = MixedPrecisionAdamW(groups(ours), lr=1e-3, betas=(0.9, 0.95), eps=1e-8,
+                              backend=backend)
+    scale = 1024.0
+    for step, (lr, grads) in enumerate(zip(LRS, grads_per_step, strict=True)):
+        for o in (ref_opt, opt):
+            for group in o.param_groups:
+                group["lr"] = lr
+        if step == 4:  # an overflowing step in between changes nothing
+            for p in ours:
+                p.grad = torch.full_like(p, float("inf"))
+            assert opt.step(inv_scale=1.0 / scale).item() == 1.0
+        for p, q, g in zip(torch_params, ours, grads, strict=True):
+            p.grad, q.grad = g.clone(), g * scale
+        ref_opt.step()
+        assert opt.step(inv_scale=1.0 / scale).item() == 0.0
+    for p, q in zip(torch_params, ours, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+        assert opt.state[q]["step"].item() == 10
