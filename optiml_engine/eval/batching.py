@@ -9,6 +9,7 @@ from each row's first real token (pads sit at position 0), as the model saw them
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 PAD_DOC, REAL_DOC = 0, 1
@@ -42,5 +43,59 @@ def right_pad(seqs: list[list[int]], pad_id: int, device=None):
 
 
 def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits from final hidden states through the tied output embedding."""
+    """Logits from final hidden states through the tied output embedding (under tensor
+    parallelism: this rank's vocabulary slice only)."""
     return F.linear(hidden, model.output_weight)
+
+
+def _vocab_shard(model):
+    """(group, first id of this rank's slice) when the output layer is vocab-parallel, else None.
+    Tensor-parallel logits are never gathered: only per-token maxima and sums cross ranks."""
+    emb = model.decoder.embed_tokens
+    group = getattr(emb, "group", None)
+    if not hasattr(emb, "vocab_start") or not dist.is_initialized() or \
+            dist.get_world_size(group) == 1:
+        return None
+    return group, emb.vocab_start
+
+
+def _gather(x: torch.Tensor, group) -> torch.Tensor:
+    """[size, *x.shape]: x from every rank of the group, in rank order."""
+    size = dist.get_world_size(group)
+    out = x.new_empty((size * x.numel(),))
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, x.reshape(-1).contiguous(), group=group)
+    return out.view(size, *x.shape)
+
+
+def greedy_tokens(model, hidden: torch.Tensor, vocab_limit: int | None = None) -> torch.Tensor:
+    """argmax over the vocabulary (ids below `vocab_limit`) of the logits of `hidden` [..., E]."""
+    logits = output_logits(model, hidden)
+    shard = _vocab_shard(model)
+    if shard is None:
+        return logits[..., :vocab_limit].argmax(dim=-1)
+    group, start = shard
+    if vocab_limit is not None:
+        ids = start + torch.arange(logits.shape[-1], device=logits.device)
+        logits = logits.masked_fill(ids >= vocab_limit, float("-inf"))
+    best, where = logits.float().max(dim=-1)
+    maxima, index = _gather(best, group), _gather(where + start, group)
+    # The first rank holding the maximum has the lowest id, as argmax's first-occurrence rule.
+    winner = maxima.argmax(dim=0, keepdim=True)
+    return index.gather(0, winner)[0]
+
+
+def token_log_probs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets) [...] under the logits of `hidden` [..., E], in fp32."""
+    logits = output_logits(model, hidden).float()
+    shard = _vocab_shard(model)
+    if shard is None:
+        return logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+    group, start = shard
+    lse = torch.logsumexp(_gather(torch.logsumexp(logits, dim=-1), group), dim=0)
+    local = targets - start
+    mine = (local >= 0) & (local < logits.shape[-1])
+    picked = logits.gather(-1, local.clamp(0, logits.shape[-1] - 1)[..., None])[..., 0]
+    picked = torch.where(mine, picked, torch.zeros_like(picked))
+    dist.all_reduce(picked, group=group)
+    return picked - lse

@@ -1,16 +1,16 @@
 """Greedy decoding with a KV cache, batched over left-padded prompts.
 
-Each step feeds one token per unfinished row. A row stops at `</s>` (id 2) or after
-`max_new_tokens`; finished rows are dropped from the batch and the cache, so the cost follows the
-rows still decoding.
+Each step feeds one token per unfinished row; keys and values go to preallocated buffers. A row
+stops at `</s>` (id 2) or after `max_new_tokens`; finished rows are dropped from the batch and the
+cache, so the cost follows the rows still decoding.
 """
 
 from __future__ import annotations
 
 import torch
 
-from optiml_engine.eval.batching import REAL_DOC, left_pad, output_logits
-from optiml_engine.model.kv_cache import KVCache
+from optiml_engine.eval.batching import REAL_DOC, greedy_tokens, left_pad
+from optiml_engine.eval.static_cache import PreallocatedKVCache
 
 
 @torch.no_grad()
@@ -28,12 +28,12 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int = 256,
     outputs: list[list[int]] = [[] for _ in prompts]
     if max_new_tokens <= 0:
         return outputs
-    cache = KVCache()
+    cache = PreallocatedKVCache(ids.shape[1] + max_new_tokens)
     hidden = model.hidden_states(ids, position_ids, doc_ids, kv_cache=cache)[:, -1]
     rows = torch.arange(len(prompts), device=device)  # original index of each live row
     positions = lengths.clone()
     for step in range(max_new_tokens):
-        tokens = output_logits(model, hidden)[..., :vocab_limit].argmax(dim=-1)
+        tokens = greedy_tokens(model, hidden, vocab_limit)
         finished = tokens == eos_id
         for row, tok, done in zip(rows.tolist(), tokens.tolist(), finished.tolist(), strict=True):
             if not done:

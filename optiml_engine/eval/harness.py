@@ -218,13 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank options by mean token log-likelihood instead of the sum")
     p.add_argument("--levels", help="comma-separated levels to run (default: all)")
     p.add_argument("--history", help="in-training evaluations (JSONL) to chart against steps")
+    p.add_argument("--baseline", help="also evaluate this model (a checkpoint, an HF directory, or "
+                   "'init': the same architecture untrained) and print both tables side by side")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from optiml_engine.data.tokenizer import load_tokenizer
-    from optiml_engine.eval.report import group_table, load_history, write_report
+    from optiml_engine.eval.report import group_table, side_by_side
 
     args = build_parser().parse_args(argv)
     settings = EvalSettings(shots=_parse_shots(args.shots), max_new_tokens=args.max_new_tokens,
@@ -243,18 +245,39 @@ def main(argv: list[str] | None = None) -> int:
             metrics.set_xlingual_tokenizer(args.tokenizer or spec)
         except OptimlError:
             pass
-    start = time.time()
-    fingerprint = _fingerprint(args.checkpoint, args.bench, settings)
-    records = run_eval(model, tokenizer, suite, settings, args.out, fingerprint)
-    meta = {**fingerprint, "shots": list(settings.shots), "instances": len(records),
-            "seconds": round(time.time() - start, 1),
-            "suite_hash": hashlib.sha256(json.dumps(sorted(
-                (et.level, et.name, len(et.instances)) for et in suite)).encode()).hexdigest()[:16]}
-    history = load_history(args.history) if args.history else None
-    summary = write_report(args.out, records, meta, history)
+    summary = _evaluate_and_report(model, tokenizer, suite, settings, args.checkpoint, args,
+                                   Path(args.out))
     print(group_table(summary, "level"))
+    if args.baseline:
+        if args.baseline == "init":
+            from optiml_engine.model import OPTForCausalLM
+
+            torch.manual_seed(args.seed)
+            base = OPTForCausalLM(model.config).to(args.device).eval()
+        else:
+            base, _ = load_model(args.baseline, args.device)
+        base_summary = _evaluate_and_report(base, tokenizer, suite, settings, args.baseline, args,
+                                            Path(args.out) / "baseline")
+        table = side_by_side({"baseline": base_summary, "model": summary})
+        with (Path(args.out) / "report.md").open("a") as f:
+            f.write(f"\n## Against the baseline ({args.baseline})\n\n{table}\n")
+        print(table)
     print(f"wrote {Path(args.out) / 'report.md'}")
     return 0
+
+
+def _evaluate_and_report(model, tokenizer, suite, settings, checkpoint, args, out: Path) -> dict:
+    from optiml_engine.eval.report import load_history, write_report
+
+    start = time.time()
+    fingerprint = _fingerprint(checkpoint, args.bench, settings)
+    records = run_eval(model, tokenizer, suite, settings, out, fingerprint)
+    suite_key = json.dumps(sorted((et.level, et.name, len(et.instances)) for et in suite))
+    meta = {**fingerprint, "shots": list(settings.shots), "instances": len(records),
+            "seconds": round(time.time() - start, 1),
+            "suite_hash": hashlib.sha256(suite_key.encode()).hexdigest()[:16]}
+    history = load_history(args.history) if args.history else None
+    return write_report(out, records, meta, history)
 
 
 # --------------------------------------------------------------------------------------------

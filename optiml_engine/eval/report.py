@@ -17,11 +17,11 @@ from pathlib import Path
 from optiml_engine.eval.metrics import aggregate
 
 # The three OPT-IML Bench generalization levels, in the order the paper lists them.
-LEVEL_ORDER = ("held_out_categories", "held_out_tasks", "held_out_instances")
+LEVEL_ORDER = ("heldout_category", "heldout_task", "heldout_instance")
 LEVEL_TITLES = {
-    "held_out_categories": "1. held-out categories",
-    "held_out_tasks": "2. held-out tasks of seen categories",
-    "held_out_instances": "3. held-out instances of seen tasks",
+    "heldout_category": "1. held-out categories",
+    "heldout_task": "2. held-out tasks of seen categories",
+    "heldout_instance": "3. held-out instances of seen tasks",
 }
 METRICS = ("score", "accuracy", "exact_match", "rougeL")
 

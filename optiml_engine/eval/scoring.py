@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from optiml_engine.eval.batching import REAL_DOC, left_pad, output_logits, right_pad
+from optiml_engine.eval.batching import REAL_DOC, left_pad, right_pad, token_log_probs
 from optiml_engine.model.kv_cache import KVCache
 
 
@@ -51,17 +51,14 @@ def score_options(model, prompts: list[list[int]], options: list[list[list[int]]
     opt_ids, real = right_pad(flat, pad_id, device)
     # The prediction of option token j comes from the prompt's last position (j = 0) or from
     # option token j-1, so the last option token never needs to be fed.
-    first_logits = output_logits(model, last_hidden)[owner]  # [R, V]
-    step_logits = [first_logits[:, None]]
+    step_hidden = [last_hidden[owner][:, None]]  # [R, 1, E]
     if opt_ids.shape[1] > 1:
         cache.select(owner)
         fed = opt_ids[:, :-1]
         fed_positions = lengths[owner][:, None] + torch.arange(fed.shape[1], device=device)
         fed_docs = torch.full_like(fed, REAL_DOC)
-        hidden = model.hidden_states(fed, fed_positions, fed_docs, kv_cache=cache)
-        step_logits.append(output_logits(model, hidden))
-    logits = torch.cat(step_logits, dim=1).float()  # [R, O, V]
-    token_lp = logits.gather(-1, opt_ids[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+        step_hidden.append(model.hidden_states(fed, fed_positions, fed_docs, kv_cache=cache))
+    token_lp = token_log_probs(model, torch.cat(step_hidden, dim=1), opt_ids)  # [R, O]
     sums = (token_lp * real).sum(dim=1).tolist()
     counts = real.sum(dim=1).tolist()
 

@@ -1,12 +1,14 @@
 """What an evaluation runs on: `EvalTask`s, each a task of one level with the instances to score
 and the pool its k-shot demonstrations come from.
 
-Levels (OPT-IML Bench): `held_out_categories` (no task of the category was trained on),
-`held_out_tasks` (unseen tasks of seen categories) and `held_out_instances` (unseen instances of
-training tasks; demonstrations then come from the task's training instances only).
+Levels (OPT-IML Bench, named as the bench builder names them): `heldout_category` (no task of the
+category was trained on), `heldout_task` (unseen tasks of seen categories) and `heldout_instance`
+(unseen instances of training tasks; demonstrations then come from the task's training instances
+only).
 
 `load_suite(spec)` reads:
-- a bench built by `optiml data build` (its directory or manifest.json);
+- a bench built by `optiml data build` (its directory or its manifest.json), through
+  `optiml_engine.data.bench_store.BuiltBench.eval_sets()`;
 - an eval manifest JSON: {"tasks": [{"path": task file, "format": "superni", "level": ...,
   "eval_ids": [...] (optional, default all), "demo_ids": [...] (optional)}]}, paths relative to
   the manifest;
@@ -24,7 +26,7 @@ from typing import Any
 
 from optiml_engine.errors import OptimlError
 
-LEVELS = ("held_out_categories", "held_out_tasks", "held_out_instances")
+LEVELS = ("heldout_category", "heldout_task", "heldout_instance")
 
 
 @dataclass
@@ -84,12 +86,12 @@ def synthetic_suite(seed: int = 0, instances_per_task: int = 50) -> list[EvalTas
     suite = []
     for task in tasks:
         if task.category in held_categories:
-            suite.append(EvalTask(task, "held_out_categories", list(task.instances)))
+            suite.append(EvalTask(task, "heldout_category", list(task.instances)))
         elif last_of_category[task.category] == task.name:
-            suite.append(EvalTask(task, "held_out_tasks", list(task.instances)))
+            suite.append(EvalTask(task, "heldout_task", list(task.instances)))
         else:
             cut = len(task.instances) - max(1, len(task.instances) // 5)
-            suite.append(EvalTask(task, "held_out_instances", task.instances[cut:],
+            suite.append(EvalTask(task, "heldout_instance", task.instances[cut:],
                                   task.instances[:cut]))
     return suite
 
@@ -112,25 +114,20 @@ def load_suite(spec: str) -> list[EvalTask]:
     return built_bench_suite(path.parent)
 
 
-# The bench builder's split names -> the evaluation levels.
-BENCH_LEVELS = {"heldout_category": "held_out_categories", "heldout_task": "held_out_tasks",
-                "heldout_instance": "held_out_instances"}
-
-
-def built_bench_suite(bench_dir: Path) -> list[EvalTask]:
-    """The three levels of a bench built by `optiml data build`. Held-out instances draw their
-    demonstrations from the task's training instances only; held-out tasks from their own other
-    instances (the prompt renderer never uses the query itself)."""
+def built_bench_suite(directory: Path) -> list[EvalTask]:
+    """The eval sets of a built bench. Held-out instances draw their demonstrations from the
+    task's other (training) instances; held-out tasks and categories from the task's instances
+    (the prompt renderer never uses the query itself)."""
     from optiml_engine.data.bench_store import BuiltBench
 
     suite = []
-    for split, pairs in BuiltBench(bench_dir).eval_sets().items():
+    for level, pairs in BuiltBench(directory).eval_sets().items():
         for task, instances in pairs:
             pool = None
-            if split == "heldout_instance":
-                scored = {i.id for i in instances}
-                pool = [i for i in task.instances if i.id not in scored]
-            suite.append(EvalTask(task, BENCH_LEVELS[split], instances, pool))
+            if level == "heldout_instance":
+                held = set(task.meta.get("eval_ids", ()))
+                pool = [i for i in task.instances if i.id not in held]
+            suite.append(EvalTask(task, level, list(instances), pool))
     return suite
 
 

@@ -91,6 +91,14 @@ def read_meta(path: str | Path) -> dict:
     return json.loads((path / META).read_text())
 
 
+def _state_dict(model, optimizer=None) -> dict:
+    """Model (and optimizer) state keyed by parameter name, the form DCP saves and reshards."""
+    if optimizer is None:
+        return {"model": get_state_dict(model, [])[0]}
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optim": optim_sd}
+
+
 def save_checkpoint(path: str | Path, model, optimizer=None, meta: dict | None = None,
                     keep_last: int | None = None) -> Path:
     """Write `path` atomically; with keep_last, delete all but the newest keep_last siblings."""
@@ -99,11 +107,7 @@ def save_checkpoint(path: str | Path, model, optimizer=None, meta: dict | None =
     if _rank() == 0 and tmp.exists():
         shutil.rmtree(tmp)
     _barrier()
-    if optimizer is not None:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-    else:
-        state = {"model": get_state_dict(model, [])[0]}
+    state = _state_dict(model, optimizer)
     with _quiet_single_process():
         dcp.save(state, checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rng_rank{_rank()}.pt")
@@ -128,11 +132,7 @@ def load_checkpoint(path: str | Path, model, optimizer=None) -> dict:
     path = Path(path)
     meta = read_meta(path)
     with_optim = optimizer is not None and meta.get("kind") == "train"
-    if with_optim:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-    else:
-        state = {"model": get_state_dict(model, [])[0]}
+    state = _state_dict(model, optimizer if with_optim else None)
     with _quiet_single_process():
         dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer if with_optim else [], model_state_dict=state["model"],

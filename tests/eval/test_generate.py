@@ -50,3 +50,20 @@ def test_generation_is_capped_by_the_position_table(tiny_models):
     ours, _ = tiny_models
     prompt = _prompts((60,))  # 61 tokens; the table has 64 positions
     assert len(greedy_generate(ours, prompt, max_new_tokens=50)[0]) <= 64 - 61 + 1
+
+
+def test_preallocated_cache_grows_and_selects_like_the_full_forward(tiny_models):
+    from optiml_engine.eval.static_cache import PreallocatedKVCache
+
+    ours, _ = tiny_models
+    ids = torch.randint(3, 300, (3, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = ours(ids)
+        cache = PreallocatedKVCache(capacity=2)  # far too small: the buffers must grow
+        steps = [ours(ids[:, :4], kv_cache=cache)]
+        cache.select(torch.tensor([2, 0]))  # keep rows 2 and 0, in that order
+        for t in range(4, 10):
+            steps.append(ours(ids[[2, 0], t:t + 1], kv_cache=cache))
+    got = torch.cat([steps[0][[2, 0]], *steps[1:]], dim=1)
+    torch.testing.assert_close(got, full[[2, 0]], rtol=1e-5, atol=1e-5)
+    assert cache.length == 10

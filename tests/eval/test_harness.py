@@ -24,9 +24,9 @@ def _suite():
     gen = _task("taskA", "cat1", 6)
     cls = _task("taskB", "cat2", 5, options=["yes", "no"])
     seen = _task("taskC", "cat1", 8)
-    return [EvalTask(gen, "held_out_tasks", gen.instances),
-            EvalTask(cls, "held_out_categories", cls.instances),
-            EvalTask(seen, "held_out_instances", seen.instances[5:], seen.instances[:5])]
+    return [EvalTask(gen, "heldout_task", gen.instances),
+            EvalTask(cls, "heldout_category", cls.instances),
+            EvalTask(seen, "heldout_instance", seen.instances[5:], seen.instances[:5])]
 
 
 class Recorder:
@@ -55,8 +55,8 @@ def test_levels_kshot_and_records(model, tmp_path):
                        show_progress=False)
     assert len(records) == 2 * (6 + 5 + 3)
     levels = {(r["task"], r["level"]) for r in records}
-    assert levels == {("taskA", "held_out_tasks"), ("taskB", "held_out_categories"),
-                      ("taskC", "held_out_instances")}
+    assert levels == {("taskA", "heldout_task"), ("taskB", "heldout_category"),
+                      ("taskC", "heldout_instance")}
     for r in records:
         assert r["kind"] == ("rank" if r["task"] == "taskB" else "generate")
         if r["kind"] == "rank":
@@ -103,7 +103,7 @@ def test_other_settings_refuse_to_resume(model, tmp_path):
 def test_long_prompts_are_cut_from_the_left(model):
     long = _task("taskL", "cat", 2)
     long.definition = "x" * 500  # far beyond the tiny model's 64 positions
-    recs = evaluate_task(model, ByteTokenizer(), EvalTask(long, "held_out_tasks", long.instances),
+    recs = evaluate_task(model, ByteTokenizer(), EvalTask(long, "heldout_task", long.instances),
                          0, EvalSettings(max_new_tokens=8))
     assert len(recs) == 2 and all(r["kind"] == "generate" for r in recs)
 
@@ -114,9 +114,9 @@ def test_synthetic_layout_levels_are_disjoint():
     for et in suite:
         by_level.setdefault(et.level, []).append(et)
     cats = {lv: {et.task.category for et in ets} for lv, ets in by_level.items()}
-    assert not cats["held_out_categories"] & (cats["held_out_tasks"] | cats["held_out_instances"])
-    assert cats["held_out_tasks"] <= cats["held_out_instances"]
-    for et in by_level["held_out_instances"]:
+    assert not cats["heldout_category"] & (cats["heldout_task"] | cats["heldout_instance"])
+    assert cats["heldout_task"] <= cats["heldout_instance"]
+    for et in by_level["heldout_instance"]:
         ids = {i.id for i in et.instances}
         assert ids and not ids & {i.id for i in et.demo_pool}
     small = subset(suite, 1, 2)
@@ -128,12 +128,15 @@ def test_main_writes_report_from_hf_dir(tiny_hf_dir, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--checkpoint", str(tiny_hf_dir), "--bench", "synthetic", "--shots", "0,1",
             "--out", str(out), "--max-instances", "2", "--max-new-tokens", "3",
-            "--levels", "held_out_categories"]
-    assert main(argv) == 0
+            "--levels", "heldout_category"]
+    assert main([*argv, "--baseline", "init"]) == 0
     data = json.loads((out / "results.json").read_text())
     assert len(data["instances"]) == 2 * 10 * 2  # 2 shots x 10 tasks x 2 instances
     assert set(data["summary"]) == {"0", "1"}
     assert (out / "levels.png").is_file() and "held-out categories" in capsys.readouterr().out
+    assert (out / "baseline" / "results.json").is_file()
+    assert "| level | baseline 0-shot | baseline 1-shot | model 0-shot | model 1-shot |" in (
+        out / "report.md").read_text()
     with pytest.raises(OptimlError):
         main(argv[:5] + ["0,x"] + argv[6:])
 
@@ -149,9 +152,84 @@ def test_training_evaluator_logs_scalars_and_history(model, tmp_path):
     scalars = evaluator(model, step=10)
     assert model.training  # mode restored
     model.eval()
-    assert {"eval/level/held_out_categories/0shot", "eval/level/held_out_tasks/0shot",
-            "eval/level/held_out_instances/0shot"} <= set(scalars)
+    assert {"eval/level/heldout_category/0shot", "eval/level/heldout_task/0shot",
+            "eval/level/heldout_instance/0shot"} <= set(scalars)
     assert all(0.0 <= v <= 100.0 for v in scalars.values())
     evaluator(model, step=20)
     rows = [json.loads(x) for x in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20] and rows[0] == {"step": 10, **scalars}
+
+
+def test_load_model_from_engine_checkpoint(tiny_models, tmp_path):
+    import torch
+
+    from optiml_engine.eval.harness import load_model
+    from optiml_engine.training.checkpoint import save_checkpoint
+
+    ours, _ = tiny_models
+    save_checkpoint(tmp_path / "step_0000005", ours,
+                    meta={"step": 5, "recipe": {"data": {"tokenizer": "byte"}}})
+    loaded, spec = load_model(str(tmp_path))  # a checkpoint.dir: its latest step
+    assert spec == "byte"
+    ids = torch.tensor([[2, 40, 41, 42]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), ours(ids))
+    with pytest.raises(OptimlError, match="not found"):
+        load_model(str(tmp_path / "nothing"))
+
+
+def test_eval_manifest_reads_task_files_ids_and_levels(tmp_path):
+    from optiml_engine.eval.harness import _task_languages_xlingual
+    from optiml_engine.eval.suite import load_suite
+
+    task = {"Contributors": [], "Source": ["toy"], "URL": [], "Categories": ["Misc."],
+            "Reasoning": [], "Definition": ["Answer."], "Input_language": ["French"],
+            "Output_language": ["French"], "Instruction_language": ["English"], "Domains": [],
+            "Positive Examples": [], "Negative Examples": [],
+            "Instances": [{"id": f"task9-{i}", "input": f"q{i}", "output": [f"r{i}"]}
+                          for i in range(5)],
+            "Instance License": ["MIT"]}
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "task9_toy.json").write_text(json.dumps(task))
+    manifest = {"tasks": [{"path": "tasks/task9_toy.json", "format": "superni",
+                           "level": "heldout_instance", "eval_ids": ["task9-3", "task9-4"],
+                           "demo_ids": ["task9-0", "task9-1", "task9-2"]}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (et,) = load_suite(str(tmp_path))
+    assert et.level == "heldout_instance" and et.name == "task9_toy"
+    assert [i.id for i in et.instances] == ["task9-3", "task9-4"]
+    assert [i.id for i in et.demo_pool] == ["task9-0", "task9-1", "task9-2"]
+    assert _task_languages_xlingual(et.task)  # French: the official xlingual ROUGE-L track
+    manifest["tasks"][0]["eval_ids"] = ["task9-77"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(OptimlError, match="task9-77"):
+        load_suite(str(tmp_path / "manifest.json"))
+    with pytest.raises(OptimlError, match="no manifest"):
+        load_suite(str(tmp_path / "missing"))
+
+
+def test_suite_from_a_built_bench(tmp_path):
+    import yaml
+
+    from optiml_engine.data.bench import build_bench
+    from optiml_engine.eval.suite import load_suite
+
+    cfg = {"name": "t", "seed": 1, "tokenizer": "byte", "max_example_tokens": 400,
+           "sources": [{"name": "superni", "format": "synthetic", "instances_per_task": 8}],
+           "held_out": {"categories": ["Sorting"], "tasks_per_category": 1, "instances": 0.25}}
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(cfg))
+    manifest = build_bench(tmp_path / "bench.yaml", tmp_path / "bench")
+    split = {t["name"]: t["split"] for t in manifest["tasks"]}
+    suite = load_suite(str(tmp_path / "bench"))
+    assert {et.level for et in suite} == {"heldout_category", "heldout_task", "heldout_instance"}
+    for et in suite:
+        want = "heldout_instance" if split[et.name] == "train" else split[et.name]
+        assert et.level == want  # each task evaluated only at its own level
+        if et.level == "heldout_category":
+            assert et.task.category == "Sorting"
+        if et.level == "heldout_instance":
+            eval_ids = {i.id for i in et.instances}
+            assert len(eval_ids) == 2 and not eval_ids & {i.id for i in et.demo_pool}
+            assert len(et.demo_pool) == 6
+        else:
+            assert et.demo_pool is None and len(et.instances) == 8

@@ -11,21 +11,21 @@ def _records():
                 "shots": shots, "id": f"{task}-{score}", "kind": kind, "prediction": "p",
                 "references": ["r"], "scores": {"score": score, "rougeL": score}}
 
-    return [rec("t1", "qa", "held_out_tasks", 0, 40.0), rec("t1", "qa", "held_out_tasks", 0, 60.0),
-            rec("t2", "cls", "held_out_categories", 0, 10.0),
-            rec("t2", "cls", "held_out_categories", 5, 30.0),
-            rec("t1", "qa", "held_out_tasks", 5, 70.0)]
+    return [rec("t1", "qa", "heldout_task", 0, 40.0), rec("t1", "qa", "heldout_task", 0, 60.0),
+            rec("t2", "cls", "heldout_category", 0, 10.0),
+            rec("t2", "cls", "heldout_category", 5, 30.0),
+            rec("t1", "qa", "heldout_task", 5, 70.0)]
 
 
 def test_report_files_and_tables(tmp_path):
-    history = [{"step": 10, "eval/held_out_tasks/0shot": 5.0},
-               {"step": 20, "eval/held_out_tasks/0shot": 9.0}]
+    history = [{"step": 10, "eval/heldout_task/0shot": 5.0},
+               {"step": 20, "eval/heldout_task/0shot": 9.0}]
     summary = write_report(tmp_path, _records(), {"checkpoint": "ckpt", "shots": [0, 5]}, history)
     data = json.loads((tmp_path / "results.json").read_text())
     assert len(data["instances"]) == 5
     assert data["instances"][0]["prediction"] == "p" and data["instances"][0]["references"] == ["r"]
-    assert data["summary"]["0"]["level"]["held_out_tasks"]["score"] == 50.0
-    assert summary[5]["level"]["held_out_categories"]["score"] == 30.0
+    assert data["summary"]["0"]["level"]["heldout_task"]["score"] == 50.0
+    assert summary[5]["level"]["heldout_category"]["score"] == 30.0
 
     md = (tmp_path / "report.md").read_text()
     # levels in the paper's order, one column per shot count
