@@ -124,3 +124,32 @@ def test_interleaved_order_runs_every_task_once_forward_first():
             seen.add((c, m))
     # Megatron's warm-up of (pp - rank - 1) * 2 + (v - 1) * pp = 6 forwards, then F, B, F, B...
     assert [k for k, _, _ in interleaved_order(micro, pp, v, 0)][:9] == ["F"] * 7 + ["B", "F"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_weights_with_fp32_master_track_fp32(dtype):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import harness
+
+    from optiml_engine.parallel.engine import ParallelEngine
+
+    steps = harness.make_steps(4, 4)
+    ref = harness.reference_run(steps, 2)
+    torch.manual_seed(harness.SEED)
+    engine = ParallelEngine(harness.OPTForCausalLM(harness.tiny_config()),
+                            harness.parallel_config(), harness.optim_config(),
+                            harness.precision_config(dtype, initial_loss_scale=2.0**12),
+                            harness.SEED)
+    want_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
+    assert all(p.dtype == want_dtype for p in engine.model.parameters())
+    assert engine.optimizer.master.dtype == torch.float32
+    opt = harness.optim_config()
+    for step, want in zip(steps, ref["losses"], strict=True):
+        out = engine.train_step(harness.micro_batches(step, 0, 1, 2), opt.lr, opt.clip_grad)
+        assert out["skipped"] == 0.0
+        assert abs(out["loss"] - want) / want < 5e-3  # half-precision activations
+    assert out["loss_scale"] == (2.0**12 if dtype == "fp16" else 1.0)
