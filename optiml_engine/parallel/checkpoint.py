@@ -44,7 +44,11 @@ def _tp_mesh():
 
 def _global(t: torch.Tensor, param):
     """This rank's slice as a DTensor of the full parameter (or the tensor if replicated)."""
-    dim = getattr(param, "tp_shard_dim", None)
+    return as_global(t, getattr(param, "tp_shard_dim", None))
+
+
+def as_global(t: torch.Tensor, dim: int | None):
+    """This rank's tensor-parallel slice along `dim` as a DTensor (dim None: replicated)."""
     if dim is None or state.tp_size() == 1:
         return t
     from torch.distributed.tensor import DTensor, Shard
@@ -76,12 +80,12 @@ def _local(t):
 
 
 def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return state.global_rank()
 
 
 def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    if state.world_group() is not None:
+        dist.barrier(group=state.world_group())
 
 
 def save(engine, path, meta: dict, keep_last: int | None = None) -> Path:
@@ -91,7 +95,7 @@ def save(engine, path, meta: dict, keep_last: int | None = None) -> Path:
     if _rank() == 0 and tmp.exists():
         shutil.rmtree(tmp)
     _barrier()
-    dcp.save(engine_state(engine), checkpoint_id=str(tmp))
+    dcp.save(engine_state(engine), checkpoint_id=str(tmp), process_group=state.world_group())
     _barrier()
     if _rank() == 0:
         import dataclasses
@@ -120,7 +124,7 @@ def load(engine, path) -> dict:
     sd = engine_state(engine, with_optimizer=with_optim)
     if "master" in sd and not meta.get("has_master"):
         del sd["master"]  # saved from an fp32 model: the weights are the master weights
-    dcp.load(sd, checkpoint_id=str(path))
+    dcp.load(sd, checkpoint_id=str(path), process_group=state.world_group())
     named = list(engine.model.named_parameters())
     with torch.no_grad():
         for n, p in named:

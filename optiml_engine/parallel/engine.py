@@ -25,6 +25,7 @@ from optiml_engine.optim.zero1 import FlatAdamW
 from optiml_engine.parallel import mappings, state
 from optiml_engine.parallel.cross_entropy import vocab_parallel_masked_cross_entropy
 from optiml_engine.parallel.data_parallel import GradBucketer
+from optiml_engine.parallel.interleaved import keep_chunks, run_interleaved
 from optiml_engine.parallel.pipeline import decoder_layers, keep_stage, one_f_one_b
 from optiml_engine.parallel.random import checkpoint, model_parallel_seed
 from optiml_engine.parallel.tensor_parallel import (
@@ -46,19 +47,30 @@ class ParallelEngine:
         """parallel, optim, precision: the recipe's ParallelConfig, OptimConfig,
         PrecisionConfig. The grid (parallel.state) must be initialised, or absent for 1 rank."""
         g = self.grid = state.grid()
-        if parallel.virtual_stages > 1:
+        self.virtual = parallel.virtual_stages
+        if self.virtual > 1 and (g.pp == 1 or dist.get_backend() != "gloo"):
             raise OptimlError("recipe: parallel.virtual_stages",
-                              "the interleaved schedule is not implemented yet",
+                              "the interleaved schedule needs parallel.pp > 1 and gloo (its "
+                              "message order under NCCL is not verified yet)",
                               "set parallel.virtual_stages=1 (1F1B)")
         if parallel.tp != g.tp or parallel.pp != g.pp:
             raise ValueError(f"recipe layout tp={parallel.tp} pp={parallel.pp} differs from "
                              f"the initialised grid tp={g.tp} pp={g.pp}")
+        if model.config.num_layers < g.pp * self.virtual:
+            raise OptimlError("recipe: parallel.pp",
+                              f"{g.pp} x {self.virtual} pipeline stages for "
+                              f"{model.config.num_layers} layers",
+                              "use at most one stage per layer")
         self.sp = parallel.sp and g.tp > 1
         self.recompute = parallel.recompute == "full"
         self.first, self.last = state.is_first_stage(), state.is_last_stage()
         apply_tensor_parallel(model, state.tp_group(), self.sp)
-        if g.pp > 1:
+        if self.virtual > 1:
+            self.chunks = keep_chunks(model, g.pp_rank, g.pp, self.virtual)
+        elif g.pp > 1:
             keep_stage(model, g.pp_rank, g.pp)
+        if self.virtual == 1:
+            self.chunks = [decoder_layers(model)]
         if g.tp > 1:
             model_parallel_seed(seed, g.tp_rank)
         self.model = model
@@ -83,18 +95,20 @@ class ParallelEngine:
 
     # -- forward of this stage ----------------------------------------------------------------
 
-    def stage_forward(self, batch, x):
+    def stage_forward(self, batch, x, chunk: int = 0):
         """The received activation x (None on the first stage) -> activation to send, or the
         fp32 summed masked loss on the last stage."""
         dec = self.model.decoder
-        h = dec.embed(batch["tokens"], batch["position_ids"]) if self.first else x
+        first = self.first and chunk == 0
+        last = self.last and chunk == self.virtual - 1
+        h = dec.embed(batch["tokens"], batch["position_ids"]) if first else x
         doc_ids = batch["doc_ids"]
-        for layer in decoder_layers(self.model):
+        for layer in self.chunks[chunk]:
             if self.recompute and torch.is_grad_enabled():
                 h = checkpoint(layer, h, doc_ids, doc_ids)
             else:
                 h = layer(h, doc_ids, doc_ids)
-        if not self.last:
+        if not last:
             return h
         h = dec.head(h)
         if self.sp:
@@ -128,17 +142,22 @@ class ParallelEngine:
         def forward_step(i, x):
             return self.stage_forward(batches[i], x)
 
-        def backward_step(i, x, y, dy):
-            if self.bucketer is not None and i == last_micro:
+        def backward_step(i, x, y, dy, final=None, chunk=None):
+            if self.bucketer is not None and (i == last_micro if final is None else final):
                 self.bucketer.sync = True
-            if self.last:
+            if self.last and (chunk is None or chunk == self.virtual - 1):
                 losses.append(y.detach())
                 torch.autograd.backward(y * weight)
             else:
                 torch.autograd.backward(y, dy)
             return x.grad if x is not None else None
 
-        if g.pp == 1:
+        if self.virtual > 1:
+            run_interleaved(lambda c, m, x: self.stage_forward(batches[m], x, c),
+                            lambda c, m, x, y, dy, final: backward_step(m, x, y, dy, final, c),
+                            len(batches), g.pp_rank, g.pp, self.virtual, state.pp_ranks(),
+                            self.activation_shape(batches[0]), self.dtype, self.device)
+        elif g.pp == 1:
             for i in range(len(batches)):
                 backward_step(i, None, forward_step(i, None), None)
         else:

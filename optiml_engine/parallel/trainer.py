@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from optiml_engine.errors import OptimlError
 from optiml_engine.optim.schedule import lr_at
 from optiml_engine.parallel import checkpoint as pckpt
 from optiml_engine.parallel import state
@@ -42,6 +43,16 @@ class ParallelTrainer(Trainer):
         p = recipe.parallel
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if p.sp and p.tp > 1 and recipe.data.seq_length % p.tp:
+            raise OptimlError("recipe: data.seq_length", f"{recipe.data.seq_length} tokens cannot "
+                              f"be split {p.tp} ways for sequence parallelism",
+                              "use a multiple of parallel.tp, or parallel.sp=false")
+        dp = int(os.environ.get("WORLD_SIZE", "1")) // (p.tp * p.pp) or 1
+        if recipe.train.global_batch_size % (recipe.train.micro_batch_size * dp):
+            raise OptimlError("recipe: train.global_batch_size",
+                              f"{recipe.train.global_batch_size} samples do not split into "
+                              f"micro-batches of {recipe.train.micro_batch_size} over {dp} "
+                              "data-parallel ranks", "use a multiple of micro_batch_size x dp")
         if not state.is_initialized():
             state.initialize(p.tp, p.pp, p.backend)
         self.grid = state.grid()

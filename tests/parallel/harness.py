@@ -30,10 +30,11 @@ def optim_config() -> OptimConfig:
     return OptimConfig(lr=1e-3, weight_decay=0.1, clip_grad=0.5, warmup_steps=0)
 
 
-def parallel_config(tp=1, pp=1, sp=False, zero1=False, recompute="none", bucket_mb=0.002):
+def parallel_config(tp=1, pp=1, sp=False, zero1=False, recompute="none", bucket_mb=0.002,
+                    virtual_stages=1):
     # A tiny bucket size so the model's gradients span several buckets.
     return ParallelConfig(tp=tp, pp=pp, sp=sp, zero1=zero1, recompute=recompute,
-                          bucket_mb=bucket_mb)
+                          bucket_mb=bucket_mb, virtual_stages=virtual_stages)
 
 
 def precision_config(dtype="fp32", **kw) -> PrecisionConfig:
@@ -145,7 +146,8 @@ def _entry(rank, fn, world, port, args):
     try:
         fn(rank, *args)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def spawn(fn, world: int, *args) -> None:

@@ -36,7 +36,8 @@ def run_layout(rank: int, layout: dict, steps, reference, micro: int) -> dict | 
         torch.manual_seed(SEED)
         model = OPTForCausalLM(tiny_config())
         par = parallel_config(tp, pp, layout.get("sp", False), layout.get("zero1", False),
-                              layout.get("recompute", "none"))
+                              layout.get("recompute", "none"),
+                              virtual_stages=layout.get("vs", 1))
         engine = ParallelEngine(model, par, optim_config(), precision_config(), SEED)
         losses, norms = [], []
         for step in steps:

@@ -1,6 +1,7 @@
-"""Every layout trains like one process: 10 steps on real gloo processes (tiny OPT, dropout 0,
-fp32). Losses and gradient norms match the single-process run to 1e-5 relative, and so do the
-final weights (each rank checks its shard against the same slice of the reference)."""
+"""Every layout, and the interleaved schedule, trains like one process: 10 steps on real gloo
+processes (tiny OPT, dropout 0, fp32). Losses and gradient norms match the single-process run
+to 1e-5 relative, and so do the final weights (each rank checks its shard against the same
+slice of the reference)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ LAYOUTS = [
     dict(tp=2, pp=2, dp=2, sp=True),
     dict(tp=2, pp=2, dp=2, sp=True, zero1=True),
     dict(tp=1, pp=4, dp=1),
+    dict(tp=1, pp=2, dp=1, vs=2),  # interleaved 1F1B, 2 virtual stages per rank
+    dict(tp=2, pp=2, dp=2, sp=True, vs=2),
 ]
 STEPS, GLOBAL_BATCH, MICRO = 10, 8, 2
 

@@ -1,0 +1,162 @@
+"""`optiml convert hf2engine --tp T --pp P`: shard a Hugging Face OPT directory into an engine
+checkpoint without any process holding the whole model.
+
+Run it under torchrun with T x P processes (`torchrun --nproc_per_node T*P -m optiml_engine
+convert hf2engine --hf DIR --out CKPT --tp T --pp P`): each rank reads only the slices of its
+pipeline stage and tensor-parallel rank (safetensors reads slices from disk; a .bin is memory-
+mapped) and the ranks write one DCP checkpoint together. Like every engine checkpoint it loads
+under any layout. With T = P = 1 it runs in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from optiml_engine.errors import OptimlError
+from optiml_engine.model.hf_io import config_from_hf, fuse_qkv
+from optiml_engine.model.presets import resolve_model_config
+from optiml_engine.parallel import state
+from optiml_engine.parallel.checkpoint import as_global
+from optiml_engine.parallel.pipeline import stage_layer_range
+from optiml_engine.parallel.tensor_parallel import check_divisible
+from optiml_engine.training.checkpoint import META
+
+
+class _Reader:
+    """Slices of HF tensors, read lazily: name -> tensor[rows] or tensor[:, cols]."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.files, self.bin = {}, None
+        index = path / "model.safetensors.index.json"
+        if (path / "model.safetensors").is_file():
+            handle = safe_open(str(path / "model.safetensors"), "pt")
+            self.files = dict.fromkeys(handle.keys(), handle)
+        elif index.is_file():
+            handles = {}
+            for name, file in json.loads(index.read_text())["weight_map"].items():
+                if file not in handles:
+                    handles[file] = safe_open(str(path / file), "pt")
+                self.files[name] = handles[file]
+        elif (path / "pytorch_model.bin").is_file():
+            self.bin = torch.load(path / "pytorch_model.bin", map_location="cpu",
+                                  weights_only=True, mmap=True)
+        else:
+            raise OptimlError(str(path), "no model.safetensors or pytorch_model.bin",
+                              "point at a Hugging Face OPT directory")
+
+    def _name(self, name: str) -> str:
+        keys = self.bin if self.bin is not None else self.files
+        for candidate in (f"model.{name}", name):
+            if candidate in keys:
+                return candidate
+        raise OptimlError(f"hf2engine: {name}", "tensor missing from the checkpoint",
+                          "the checkpoint does not match its config.json")
+
+    def read(self, name: str, rows: slice = slice(None), cols: slice | None = None):
+        key = self._name(name)
+        if self.bin is not None:
+            t = self.bin[key][rows]
+            return (t[:, cols] if cols is not None else t).clone().float()
+        view = self.files[key].get_slice(key)
+        t = view[rows, cols] if cols is not None else view[rows]
+        return t.float()
+
+
+def _chunk(n: int, rank: int, size: int) -> slice:
+    return slice(rank * n // size, (rank + 1) * n // size)
+
+
+def local_weights(reader: _Reader, cfg, tp_rank: int, tp: int, stage: int, pp: int) -> dict:
+    """{engine name: (this rank's slice, tensor-parallel shard dim or None)}."""
+    out = {}
+    first, last = stage == 0, stage == pp - 1
+    vocab = _chunk(cfg.vocab_size, tp_rank, tp)
+    if first or last:
+        out["decoder.embed_tokens.weight"] = (reader.read("decoder.embed_tokens.weight", vocab),
+                                              0)
+    if first:
+        out["decoder.embed_positions.weight"] = (reader.read("decoder.embed_positions.weight"),
+                                                 None)
+        if cfg.word_embed_proj_dim != cfg.hidden_size:
+            out["decoder.project_in.weight"] = (reader.read("decoder.project_in.weight"), None)
+    if last:
+        if cfg.pre_layer_norm:
+            for kind in ("weight", "bias"):
+                name = f"decoder.final_layer_norm.{kind}"
+                out[name] = (reader.read(name), None)
+        if cfg.word_embed_proj_dim != cfg.hidden_size:
+            out["decoder.project_out.weight"] = (reader.read("decoder.project_out.weight"), None)
+    heads = cfg.num_heads // tp
+    head_dim = cfg.hidden_size // cfg.num_heads
+    qkv_rows = slice(tp_rank * heads * head_dim, (tp_rank + 1) * heads * head_dim)
+    ffn = _chunk(cfg.ffn_hidden_size, tp_rank, tp)
+    hidden = _chunk(cfg.hidden_size, tp_rank, tp)
+    for i in stage_layer_range(cfg.num_layers, pp, stage):
+        p = f"decoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = (reader.read(f"{p}self_attn.{x}_proj.{kind}", qkv_rows) for x in "qkv")
+            out[f"{p}self_attn.qkv_proj.{kind}"] = (fuse_qkv(q, k, v, heads), 0)
+            out[f"{p}fc1.{kind}"] = (reader.read(f"{p}fc1.{kind}", ffn), 0)
+            for norm in ("self_attn_layer_norm", "final_layer_norm"):
+                out[f"{p}{norm}.{kind}"] = (reader.read(f"{p}{norm}.{kind}"), None)
+        out[f"{p}self_attn.out_proj.weight"] = (
+            reader.read(f"{p}self_attn.out_proj.weight", slice(None), hidden), 1)
+        out[f"{p}fc2.weight"] = (reader.read(f"{p}fc2.weight", slice(None), ffn), 1)
+        out[f"{p}self_attn.out_proj.bias"] = (reader.read(f"{p}self_attn.out_proj.bias"), None)
+        out[f"{p}fc2.bias"] = (reader.read(f"{p}fc2.bias"), None)
+    return out
+
+
+def hf_to_engine_sharded(hf_dir, out, tp: int = 1, pp: int = 1) -> Path:
+    hf_dir, out = Path(hf_dir), Path(out)
+    config_file = hf_dir / "config.json"
+    if not config_file.is_file():
+        raise OptimlError(str(config_file), "not found", "point at a Hugging Face OPT directory")
+    cfg = resolve_model_config(config_from_hf(json.loads(config_file.read_text()),
+                                              str(config_file)))
+    check_divisible(cfg, tp, "optiml convert hf2engine: --tp")
+    owned = not state.is_initialized()
+    had_group = dist.is_available() and dist.is_initialized()
+    if owned:
+        state.initialize(tp, pp)
+    try:
+        g = state.grid()
+        if (g.tp, g.pp, g.dp) != (tp, pp, 1):
+            raise OptimlError("optiml convert hf2engine", f"{g.world_size} processes for "
+                              f"--tp {tp} --pp {pp}", f"launch exactly {tp * pp} processes")
+        weights = local_weights(_Reader(hf_dir), cfg, g.tp_rank, tp, g.pp_rank, pp)
+        model = {name: as_global(t, dim) for name, (t, dim) in weights.items()}
+        dcp.save({"model": model}, checkpoint_id=str(out), process_group=state.world_group())
+        if g.rank == 0:
+            meta = {"kind": "model", "step": 0, "source": str(hf_dir),
+                    "layout": {"tp": tp, "pp": pp}, "model_config": dataclasses.asdict(cfg)}
+            (out / META).write_text(json.dumps(meta, indent=2))
+        if state.world_group() is not None:
+            dist.barrier(group=state.world_group())
+    finally:
+        if owned:
+            state.destroy(keep_process_group=had_group)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="optiml convert hf2engine", description=__doc__)
+    parser.add_argument("--hf", required=True, help="Hugging Face OPT directory")
+    parser.add_argument("--out", required=True, help="engine checkpoint directory to write")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel shards")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline stages")
+    args = parser.parse_args(argv)
+    hf_to_engine_sharded(args.hf, args.out, args.tp, args.pp)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {args.out}")
+    return 0

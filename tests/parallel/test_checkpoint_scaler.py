@@ -1,0 +1,127 @@
+"""Resharding on load (saved under one layout, loaded under others and in one process: the
+next step's loss is the same) and fp16 loss scaling (a planted inf on one rank skips the step
+on every rank and leaves the weights unchanged), on real gloo processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import ckpt_worker  # noqa: E402
+import harness  # noqa: E402
+
+from optiml_engine.parallel import checkpoint as pckpt  # noqa: E402
+
+WORLD = 4
+SAVES = {
+    "tp2pp2sp": dict(tp=2, pp=2, dp=1, sp=True),
+    "pp2dp2zero": dict(tp=1, pp=2, dp=2, zero1=True),
+}
+LOADS = {
+    "tp4-from-tp2pp2": (dict(tp=4, pp=1, dp=1), "tp2pp2sp"),
+    "pp2dp2zero-from-tp2pp2": (dict(tp=1, pp=2, dp=2, zero1=True), "tp2pp2sp"),
+    "tp2dp2-from-pp2dp2zero": (dict(tp=2, pp=1, dp=2, sp=True), "pp2dp2zero"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    steps = harness.make_steps(4, 8, seed=1)
+    harness.spawn(ckpt_worker.reshard_worker, WORLD, steps, str(tmp), SAVES, LOADS)
+    harness.spawn(ckpt_worker.scaler_worker, WORLD, steps, str(tmp))
+    reshard = {}
+    for r in range(WORLD):
+        for key, loss in json.loads((tmp / f"reshard{r}.json").read_text()).items():
+            reshard.setdefault(key, []).append(loss)
+    scaler = [json.loads((tmp / f"scaler{r}.json").read_text()) for r in range(WORLD)]
+    return tmp, steps, reshard, scaler
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_reshard_on_load_gives_the_same_next_step_loss(runs):
+    tmp, steps, reshard, _ = runs
+    expected = reshard["save-tp2pp2sp"][0]
+    assert all(loss == expected for loss in reshard["save-tp2pp2sp"])  # every rank reports it
+    for name in ("tp4-from-tp2pp2", "pp2dp2zero-from-tp2pp2"):
+        assert len(reshard[f"load-{name}"]) == WORLD
+        for loss in reshard[f"load-{name}"]:
+            assert abs(loss - expected) / expected < 1e-5, name
+    zero_expected = reshard["save-pp2dp2zero"][0]
+    for loss in reshard["load-tp2dp2-from-pp2dp2zero"]:
+        assert abs(loss - zero_expected) / zero_expected < 1e-5
+    # ...and in one process without any process group (TP=1, PP=1).
+    engine = ckpt_worker.ParallelEngine(
+        harness.OPTForCausalLM(harness.tiny_config()), harness.parallel_config(),
+        harness.optim_config(), harness.precision_config(), harness.SEED)
+    pckpt.load(engine, tmp / "tp2pp2sp")
+    loss = ckpt_worker.step(engine, steps[-1])["loss"]
+    assert abs(loss - expected) / expected < 1e-5
+    # The checkpoint's weights also load into a plain model, as engine2hf / eval do.
+    from optiml_engine.training.checkpoint import load_checkpoint
+
+    plain = harness.OPTForCausalLM(harness.tiny_config())
+    load_checkpoint(tmp / "tp2pp2sp", plain)
+    engine2 = ckpt_worker.ParallelEngine(
+        harness.OPTForCausalLM(harness.tiny_config()), harness.parallel_config(),
+        harness.optim_config(), harness.precision_config(), harness.SEED)
+    pckpt.load(engine2, tmp / "tp2pp2sp")
+    for (name, p), q in zip(engine2.model.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_planted_inf_skips_the_step_on_every_rank(runs):
+    *_, scaler = runs
+    for res in scaler:
+        assert res["first"]["skipped"] == 1.0
+        assert res["unchanged"]
+        assert res["first"]["loss_scale"] == 512.0  # hysteresis 1: halved at once
+        assert res["second"]["skipped"] == 0.0
+        assert res["changed"]
+    # The loss of the skipped step is still reported, and identically everywhere.
+    assert len({res["first"]["loss"] for res in scaler}) == 1
+
+
+def tiny_hf(path: Path, layout: str):
+    transformers = pytest.importorskip("transformers")
+    extra = {} if layout == "pre_ln" else dict(do_layer_norm_before=False, word_embed_proj_dim=16)
+    torch.manual_seed(0)
+    hf = transformers.OPTForCausalLM(transformers.OPTConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=4, ffn_dim=64, num_attention_heads=4,
+        max_position_embeddings=64, **extra))
+    with torch.no_grad():  # random LayerNorms and biases so a misplaced slice cannot hide
+        for name, p in hf.named_parameters():
+            if "layer_norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_hf2engine_sharded_conversion_matches_from_hf(tmp_path):
+    from optiml_engine.model import OPTForCausalLM
+    from optiml_engine.parallel.convert import hf_to_engine_sharded
+    from optiml_engine.training.checkpoint import load_checkpoint
+
+    layouts = ["pre_ln", "post_ln_projected"]  # 350M's post-LN with project_in/out
+    for layout in layouts:
+        tiny_hf(tmp_path / layout, layout)
+    harness.spawn(ckpt_worker.convert_worker, WORLD,
+                  [(str(tmp_path / lay), str(tmp_path / f"{lay}-tp2pp2")) for lay in layouts])
+    for layout in layouts:
+        want = OPTForCausalLM.from_hf(tmp_path / layout)
+        hf_to_engine_sharded(tmp_path / layout, tmp_path / f"{layout}-tp1")  # one process
+        for ckpt in (f"{layout}-tp2pp2", f"{layout}-tp1"):
+            got = OPTForCausalLM(want.config)
+            load_checkpoint(tmp_path / ckpt, got)
+            for (name, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
+                torch.testing.assert_close(p, q, rtol=0, atol=0, msg=f"{ckpt} {name}")
