@@ -6,6 +6,7 @@ User errors (`OptimlError`) print one line and exit with code 2; nothing else is
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from optiml_engine.errors import OptimlError
@@ -32,7 +33,8 @@ def cmd_convert(args) -> int:
         if not args.ckpt:
             raise OptimlError("optiml convert engine2hf", "--ckpt is missing", "pass --ckpt CKPT")
         engine_to_hf(args.ckpt, args.out)
-    print(f"wrote {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, say it once
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -7,16 +7,17 @@ from pathlib import Path
 import torch
 
 from optiml_engine.config import ModelConfig
-from optiml_engine.errors import OptimlError
 from optiml_engine.model.opt import OPTForCausalLM
 from optiml_engine.training import checkpoint as ckpt
 
 
 def hf_to_engine(hf_dir, out, tp: int = 1, pp: int = 1) -> Path:
-    if tp != 1 or pp != 1:
-        raise OptimlError("optiml convert hf2engine: --tp/--pp",
-                          "sharded conversion is not available yet",
-                          "convert with --tp 1 --pp 1; training reshards on load")
+    """One process writes the whole model; with tp/pp > 1 (under torchrun, tp * pp ranks) each
+    rank reads only its slices, so a 175B model is never held in one process."""
+    if tp > 1 or pp > 1:
+        from optiml_engine.parallel.convert import hf_to_engine_sharded
+
+        return hf_to_engine_sharded(hf_dir, out, tp, pp)
     model = OPTForCausalLM.from_hf(hf_dir)
     return ckpt.save_checkpoint(Path(out), model, meta={"step": 0, "source": str(hf_dir)})
 

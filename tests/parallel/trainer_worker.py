@@ -1,4 +1,4 @@
-"""Worker of test_trainer.py: the real ParallelTrainer (data pipeline, loader, LR schedule,
+"""Worker of test_parallel_trainer.py: the real ParallelTrainer (data pipeline, loader, LR schedule,
 checkpoints) under several layouts on one set of processes."""
 
 from __future__ import annotations
