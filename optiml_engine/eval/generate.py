@@ -7,6 +7,8 @@ cache, so the cost follows the rows still decoding.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from optiml_engine.eval.batching import REAL_DOC, greedy_tokens, left_pad
@@ -19,7 +21,9 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int = 256,
                     vocab_limit: int | None = None) -> list[list[int]]:
     """New token ids per prompt, without the final `</s>`. `vocab_limit` restricts the argmax to
     ids the tokenizer can decode (OPT pads its embedding table past the tokenizer's vocabulary)."""
-    device = model.output_weight.device
+    device = next(model.parameters()).device
+    # A pipeline-parallel model (eval/pipeline_eval.py) picks on its last stage and broadcasts.
+    pick = getattr(model, "greedy_tokens", None) or functools.partial(greedy_tokens, model)
     ids, position_ids, doc_ids, lengths = left_pad(prompts, pad_id, device)
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions is not None:
@@ -33,7 +37,7 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int = 256,
     rows = torch.arange(len(prompts), device=device)  # original index of each live row
     positions = lengths.clone()
     for step in range(max_new_tokens):
-        tokens = greedy_tokens(model, hidden, vocab_limit)
+        tokens = pick(hidden, vocab_limit)
         finished = tokens == eos_id
         for row, tok, done in zip(rows.tolist(), tokens.tolist(), finished.tolist(), strict=True):
             if not done:

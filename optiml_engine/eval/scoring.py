@@ -11,6 +11,7 @@ argmax, or the argmax of the per-token mean with `length_normalize` (favouring n
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,10 @@ def score_options(model, prompts: list[list[int]], options: list[list[list[int]]
         raise ValueError("one list of options per prompt")
     if any(not opts for opts in options) or any(not o for opts in options for o in opts):
         raise ValueError("every prompt needs options and every option at least one token")
-    device = model.output_weight.device
+    device = next(model.parameters()).device
+    # A pipeline-parallel model (eval/pipeline_eval.py) scores on its last stage and broadcasts.
+    log_probs = getattr(model, "token_log_probs", None) or functools.partial(token_log_probs,
+                                                                             model)
     ids, position_ids, doc_ids, lengths = left_pad(prompts, pad_id, device)
     cache = KVCache()
     last_hidden = model.hidden_states(ids, position_ids, doc_ids, kv_cache=cache)[:, -1]
@@ -58,7 +62,7 @@ def score_options(model, prompts: list[list[int]], options: list[list[list[int]]
         fed_positions = lengths[owner][:, None] + torch.arange(fed.shape[1], device=device)
         fed_docs = torch.full_like(fed, REAL_DOC)
         step_hidden.append(model.hidden_states(fed, fed_positions, fed_docs, kv_cache=cache))
-    token_lp = token_log_probs(model, torch.cat(step_hidden, dim=1), opt_ids)  # [R, O]
+    token_lp = log_probs(torch.cat(step_hidden, dim=1), opt_ids)  # [R, O]
     sums = (token_lp * real).sum(dim=1).tolist()
     counts = real.sum(dim=1).tolist()
 
