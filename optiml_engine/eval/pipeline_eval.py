@@ -140,15 +140,20 @@ class PipelineEvalModel:
         return self._from_last_stage(lp, targets.shape, torch.float32, hidden.device)
 
 
-def layout_evaluator(evaluator, chunks: list[list[nn.Module]] | None = None):
-    """`evaluator(model, step)` under the training layout: data-parallel replica 0 evaluates its
-    stage of the model (every rank of it takes part), the other replicas return no scalars."""
-    if evaluator is None:
-        return None
+class LayoutEvaluator:
+    """`TrainingEvaluator` under the training layout: data-parallel replica 0 evaluates its
+    stages of the model (every rank of the replica takes part: the tokens and scores are
+    broadcast, so its ranks agree), the other replicas skip and return no scalars."""
 
-    def run(model, step: int) -> dict[str, float]:
+    def __init__(self, evaluator, chunks: list[list[nn.Module]] | None = None):
+        self.evaluator, self.chunks = evaluator, chunks
+
+    def __call__(self, model, step: int) -> dict[str, float]:
         if state.dp_rank() != 0:
             return {}
-        return evaluator(PipelineEvalModel(model, chunks), step)
+        return self.evaluator(PipelineEvalModel(model, self.chunks), step)
 
-    return run
+
+def layout_evaluator(evaluator, chunks: list[list[nn.Module]] | None = None):
+    """`evaluator` (or None) wrapped for the parallel trainer (`chunks`: the engine's)."""
+    return None if evaluator is None else LayoutEvaluator(evaluator, chunks)

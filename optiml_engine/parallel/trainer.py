@@ -70,6 +70,12 @@ class ParallelTrainer(Trainer):
     def build_optimizer(self):
         return self.engine.optimizer
 
+    def build_evaluator(self):
+        """In-training evaluation on this rank's stage (data-parallel replica 0 only)."""
+        from optiml_engine.eval.pipeline_eval import layout_evaluator
+
+        return layout_evaluator(super().build_evaluator(), self.engine.chunks)
+
     def build_loader(self):
         return super().build_loader(self.grid.dp_rank, self.grid.dp)
 
