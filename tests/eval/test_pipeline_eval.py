@@ -131,7 +131,7 @@ model: {vocab_size: 264, hidden_size: 32, num_layers: 4, num_heads: 4, ffn_hidde
 data: {synthetic: true, synthetic_examples: 64, tokenizer: byte, seq_length: 64}
 optim: {lr: 1.0e-3, warmup_steps: 2, clip_grad: 1.0}
 train: {steps: 2, seed: 3, micro_batch_size: 2, global_batch_size: 8}
-eval: {interval: 2, subset_tasks: 2, subset_instances: 2, max_new_tokens: 4}
+eval: {interval: 2, subset_tasks: 1, subset_instances: 2, max_new_tokens: 4}
 logging: {interval: 100}
 """
 TRAINER_RUNS = {"tp2pp2sp": ["parallel.tp=2", "parallel.pp=2", "parallel.sp=true"],
