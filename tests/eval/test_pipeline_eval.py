@@ -146,6 +146,21 @@ def _records(model, evaluator):
             for r in evaluate_task(model, evaluator.tokenizer, et, 0, evaluator.settings)]
 
 
+def _raw_outputs(model):
+    """Token ids and option log-likelihoods of random prompts, never stopping early (the
+    little-trained model's bench predictions are mostly empty)."""
+    from optiml_engine.eval.generate import greedy_generate
+    from optiml_engine.eval.scoring import score_options
+
+    g = torch.Generator().manual_seed(5)
+    rand = lambda n: torch.randint(3, 256, (n,), generator=g).tolist()  # noqa: E731
+    prompts = [[2, *rand(n)] for n in (7, 3, 12, 5)]
+    options = [[rand(2), rand(5)], [rand(1), rand(3), rand(4)], [rand(6)], [rand(2), rand(1)]]
+    return {"generated": greedy_generate(model, prompts, 10, eos_id=-1),
+            "log_likelihoods": [s.log_likelihoods for s in score_options(model, prompts,
+                                                                         options)]}
+
+
 def _trainer_worker(rank, port, recipe_path, bench, out_dir):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
@@ -164,12 +179,13 @@ def _trainer_worker(rank, port, recipe_path, bench, out_dir):
             try:
                 trainer = ParallelTrainer(recipe, verbose=False)
                 trainer.fit()  # evaluates at step 2 (rank 0 writes the history)
-                records = None
+                records = raw = None
                 if state.dp_rank() == 0:
                     stage = PipelineEvalModel(trainer.model, trainer.engine.chunks)
                     records = _records(stage, trainer.evaluator.evaluator)
+                    raw = _raw_outputs(stage)
                 results[name] = {"scalars": trainer.evaluator(trainer.model, 3),
-                                 "records": records}
+                                 "records": records, "raw": raw}
             finally:
                 state.destroy(keep_process_group=True)
                 dist.barrier()
@@ -196,6 +212,7 @@ def test_parallel_trainer_evaluates_like_the_single_process_trainer(bench_dir, t
     reference.fit()
     want_records = _records(reference.model.eval(), reference.evaluator)
     want_scalars = reference.evaluator(reference.model, 3)
+    want_raw = _raw_outputs(reference.model)
     assert any(k.startswith("eval/level/") for k in want_scalars)
     # The synthetic bench's first tasks are free-form: this exercises generation (rank
     # classification under the layout is checked against transformers above).
@@ -209,9 +226,13 @@ def test_parallel_trainer_evaluates_like_the_single_process_trainer(bench_dir, t
         for rank in range(4):
             res = got[rank][name]
             if rank % dp:  # tp=1 in both runs, so dp_rank = rank % dp: replica 1 skips
-                assert res == {"scalars": {}, "records": None}, (name, rank)
+                assert res == {"scalars": {}, "records": None, "raw": None}, (name, rank)
                 continue
             assert res["scalars"] == want_scalars, (name, rank)
+            assert res["raw"]["generated"] == want_raw["generated"], (name, rank)
+            for lls, want in zip(res["raw"]["log_likelihoods"], want_raw["log_likelihoods"],
+                                 strict=True):
+                assert lls == pytest.approx(want, abs=1e-3), (name, rank)
             for ours, want in zip(res["records"], want_records, strict=True):
                 assert ours["prediction"] == want["prediction"], (name, rank)
                 if want["kind"] == "rank":
