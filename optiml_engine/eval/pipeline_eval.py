@@ -32,13 +32,14 @@ from optiml_engine.eval import batching
 from optiml_engine.model.opt import POSITION_OFFSET
 from optiml_engine.parallel import state
 from optiml_engine.parallel.pipeline import decoder_layers
+from optiml_engine.parallel.tensor_parallel import SequenceScatteredEmbedding
 
 
 @contextlib.contextmanager
 def _without_sequence_parallel(model):
     """Full-sequence activations inside the TP group while evaluating, restored afterwards."""
     switched = [m for m in model.modules() if getattr(m, "sequence_parallel", False) is True]
-    scattered = [m for m in model.modules() if type(m).__name__ == "SequenceScatteredEmbedding"]
+    scattered = [m for m in model.modules() if isinstance(m, SequenceScatteredEmbedding)]
     for m in switched:
         m.sequence_parallel = False
     for m in scattered:  # a replicated embedding that would keep only its sequence chunk
