@@ -83,6 +83,41 @@ def weights_case(layout: dict) -> dict | None:
         done()
 
 
+def hf_case(hf_dir: str, layout: dict) -> dict | None:
+    """An engine whose source is a Hugging Face directory: this rank's slices, read without
+    loading the whole checkpoint, equal the slices of `OPTForCausalLM.from_hf`."""
+    from optiml_engine.model import hf_io
+
+    tp, pp, dp, vs = layout["tp"], layout["pp"], layout["dp"], layout.get("vs", 1)
+    g = state.initialize(tp, pp, world_size=tp * pp * dp)
+    try:
+        if not state.in_grid():
+            return None
+        calls = {"n": 0}
+        real = hf_io.read_hf_weights
+
+        def counting(*args, **kwargs):
+            calls["n"] += 1
+            return real(*args, **kwargs)
+
+        hf_io.read_hf_weights = counting
+        try:
+            model, source = pinit.hf_meta_model(hf_dir, dropout=0.0)
+            par = parallel_config(tp, pp, layout.get("sp", False), virtual_stages=vs)
+            engine = ParallelEngine(model, par, optim_config(), precision_config(), SEED,
+                                    init=source)
+        finally:
+            hf_io.read_hf_weights = real
+        want = OPTForCausalLM.from_hf(hf_dir).state_dict()
+        mismatched = [n for n, p in engine.model.named_parameters()
+                      if not torch.equal(p, want[n] if getattr(p, "tp_shard_dim", None) is None
+                                         else want[n].chunk(tp, p.tp_shard_dim)[g.tp_rank])]
+        return {"full_reads": calls["n"], "mismatched": mismatched,
+                "tensors": engine.init_stats.tensors, "left": len(source.weights)}
+    finally:
+        done()
+
+
 def resume_case(out_dir: str) -> dict:
     """Save a TP2 x PP2 meta-built engine, reload under TP4 from an empty meta model with the
     random init counted: it must never run, and the weights must equal the saved ones."""
@@ -121,12 +156,17 @@ def resume_case(out_dir: str) -> dict:
     return {"fresh_calls": fresh_calls, "resume_calls": resume_calls, "mismatched": mismatched}
 
 
-def worker(rank: int, big: dict, layouts: list[dict], out_dir: str) -> None:
+def worker(rank: int, big: dict, layouts: dict, hf_dirs: list[str], out_dir: str) -> None:
     torch.set_num_threads(1)
-    results = {"memory": memory_case(tiny_config(**big)), "weights": {}}
+    results = {"memory": memory_case(tiny_config(**big)), "weights": {}, "hf": {}}
     for name, layout in layouts.items():
         res = weights_case(layout)
         if res is not None:
             results["weights"][name] = res
+    for hf_dir in hf_dirs:
+        for name in ("tp2pp2sp", "pp2vs2dp2"):
+            res = hf_case(hf_dir, layouts[name])
+            if res is not None:
+                results["hf"][f"{Path(hf_dir).name}-{name}"] = res
     results["resume"] = resume_case(out_dir)
     Path(out_dir, f"meta{rank}.json").write_text(json.dumps(results))

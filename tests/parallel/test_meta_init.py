@@ -26,10 +26,29 @@ LAYOUTS = {
 }
 
 
+HF_LAYOUTS = ("pre_ln", "post_ln_projected")  # the latter: 350M's post-LN, project_in/out
+
+
+def tiny_hf(path: Path, layout: str) -> str:
+    transformers = pytest.importorskip("transformers")
+    extra = {} if layout == "pre_ln" else dict(do_layer_norm_before=False, word_embed_proj_dim=16)
+    torch.manual_seed(0)
+    hf = transformers.OPTForCausalLM(transformers.OPTConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=4, ffn_dim=64, num_attention_heads=4,
+        max_position_embeddings=64, **extra))
+    with torch.no_grad():  # random LayerNorms and biases so a misplaced slice cannot hide
+        for name, p in hf.named_parameters():
+            if "layer_norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(path / layout)
+    return str(path / layout)
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("meta")
-    harness.spawn(meta_worker.worker, WORLD, meta_worker.BIG, LAYOUTS, str(tmp))
+    hf_dirs = [tiny_hf(tmp, layout) for layout in HF_LAYOUTS]
+    harness.spawn(meta_worker.worker, WORLD, meta_worker.BIG, LAYOUTS, hf_dirs, str(tmp))
     return [json.loads((tmp / f"meta{r}.json").read_text()) for r in range(WORLD)]
 
 
@@ -92,3 +111,17 @@ def test_resume_never_runs_the_random_init(results):
         assert r["resume"]["fresh_calls"] > 0  # the counter does see a fresh build
         assert r["resume"]["resume_calls"] == 0
         assert r["resume"]["mismatched"] == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_hf_source_reads_only_this_ranks_slices(results):
+    for hf in HF_LAYOUTS:
+        for name in ("tp2pp2sp", "pp2vs2dp2"):
+            key = f"{hf}-{name}"
+            ranks = [r["hf"][key] for r in results if key in r["hf"]]
+            assert len(ranks) == WORLD, key
+            for r in ranks:
+                assert r["mismatched"] == [], key
+                assert r["full_reads"] == 0  # never the whole-model loader
+                assert r["left"] == 0 and r["tensors"] > 0  # every slice read was used
