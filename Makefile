@@ -12,6 +12,7 @@ install:
 EVAL_DEMO := --bench runs/bench-synthetic --max-instances 10 --max-new-tokens 24 --batch-size 16
 
 demo: install
+	rm -rf runs/demo  # a fresh run: evaluation resumes from results it finds in its output
 	$(PYTHON) -m optiml_engine data build recipes/bench/synthetic.yaml --out runs/bench-synthetic
 	$(PYTHON) -m optiml_engine train recipes/demo.yaml
 	# the trained model on the three levels, next to the same model untrained
