@@ -87,8 +87,9 @@ def test_meta_build_peak_memory_stays_near_one_shard(results):
         mem = r["memory"]
         assert mem["local"] == mem["stats_local"] < 0.3 * full
         assert mem["peak_full"] <= largest
-        # One rank's shards + one full tensor in flight, far below the whole model.
-        assert mem["growth"] < 0.5 * full, (mem["growth"], full)
+        # One rank's shards (1/4) + one full tensor in flight, measured 60-81 MB of 210 MB;
+        # building the whole model first (the old path) measured 213-224 MB.
+        assert mem["growth"] < 0.6 * full, (mem["growth"], full)
     # The four ranks' slices add up to the one-process model (TP slices of one stage sum to
     # the full tensor; replicated tensors appear once per TP rank).
     total: dict[str, float] = {}
