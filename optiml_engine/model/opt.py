@@ -11,6 +11,8 @@ attention infers the number of local heads from the projection's output width.
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,19 @@ from optiml_engine.kernels.linear_cross_entropy import linear_cross_entropy
 from optiml_engine.model.kv_cache import KVCache
 
 POSITION_OFFSET = 2  # OPT's learned positions start at index 2 (a fairseq legacy)
+
+
+def initial_value(name: str, shape, init_seed: int, std: float) -> torch.Tensor:
+    """OPT's initialisation of the full parameter `name` (fp32, CPU): normal(0, std) weights,
+    zero biases, unit LayerNorm scales. Each tensor draws from its own generator seeded by
+    (init_seed, name), so one tensor can be built alone (a parallel rank building only its
+    shards) and still equal the one-process model's."""
+    if name.endswith("layer_norm.weight"):
+        return torch.ones(shape, device="cpu")
+    if name.endswith(".bias"):
+        return torch.zeros(shape, device="cpu")
+    g = torch.Generator().manual_seed((init_seed + zlib.crc32(name.encode())) % 2**63)
+    return torch.empty(shape, device="cpu").normal_(0.0, std, generator=g)
 
 
 class OPTAttention(nn.Module):
@@ -105,20 +120,21 @@ class OPTForCausalLM(nn.Module):
         from optiml_engine.model.presets import resolve_model_config
 
         self.config = resolve_model_config(cfg)
-        self.decoder = OPTDecoder(self.config)
+        # One draw from the global RNG seeds every tensor (see initial_value); the layers'
+        # own default init runs on a forked RNG, so building on any device (meta included)
+        # leaves the global RNG in the same state.
+        self.init_seed = int(torch.randint(0, 2**62, (1,), device="cpu"))
+        with torch.random.fork_rng(devices=[]):
+            self.decoder = OPTDecoder(self.config)
         self.reset_parameters()
 
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        """OPT's initialisation: normal(0, init_std) weights, zero biases, unit LayerNorms."""
-        std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
-                nn.init.normal_(module.weight, std=std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        """OPT's initialisation (`initial_value`); parameters on the meta device are left for
+        `optiml_engine.parallel.init` to materialise shard by shard."""
+        for name, p in self.named_parameters():
+            if not p.is_meta:
+                p.copy_(initial_value(name, p.shape, self.init_seed, self.config.init_std))
 
     @property
     def output_weight(self) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """One training step of an OPT model under any tensor x data x pipeline layout.
 
-`ParallelEngine` takes the whole model (initialised identically on every rank), keeps this
-rank's part (tensor-parallel slices, pipeline stage), and runs steps:
+`ParallelEngine` takes the model, either whole (initialised identically on every rank) or on the
+meta device (parallel/init.py: only this rank's part is then ever allocated), keeps this rank's
+part (tensor-parallel slices, pipeline stage), and runs steps:
 
   micro-batches -> (1F1B over stages) forward + backward of sum(loss) * scale / target_tokens
   -> data-parallel gradient sum (bucketed all-reduce overlapped with backward, or ZeRO-1's
@@ -25,13 +26,11 @@ from optiml_engine.optim.zero1 import FlatAdamW
 from optiml_engine.parallel import mappings, state
 from optiml_engine.parallel.cross_entropy import vocab_parallel_masked_cross_entropy
 from optiml_engine.parallel.data_parallel import GradBucketer
-from optiml_engine.parallel.interleaved import keep_chunks, run_interleaved
-from optiml_engine.parallel.pipeline import decoder_layers, keep_stage, one_f_one_b
+from optiml_engine.parallel.init import Layout, shard_model
+from optiml_engine.parallel.interleaved import run_interleaved
+from optiml_engine.parallel.pipeline import one_f_one_b
 from optiml_engine.parallel.random import checkpoint, model_parallel_seed
-from optiml_engine.parallel.tensor_parallel import (
-    apply_tensor_parallel,
-    sync_sequence_parallel_grads,
-)
+from optiml_engine.parallel.tensor_parallel import sync_sequence_parallel_grads
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,9 +42,13 @@ def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
 
 
 class ParallelEngine:
-    def __init__(self, model, parallel, optim, precision, seed: int = 0):
+    def __init__(self, model, parallel, optim, precision, seed: int = 0, init=None,
+                 device=None):
         """parallel, optim, precision: the recipe's ParallelConfig, OptimConfig,
-        PrecisionConfig. The grid (parallel.state) must be initialised, or absent for 1 rank."""
+        PrecisionConfig. The grid (parallel.state) must be initialised, or absent for 1 rank.
+        A model on the meta device is sharded there, then its local parameters are
+        materialised on `device` by `init` (a parallel.init source; default: OPT's random
+        init from the model's seed)."""
         g = self.grid = state.grid()
         self.virtual = parallel.virtual_stages
         if self.virtual > 1 and (g.pp == 1 or dist.get_backend() != "gloo"):
@@ -64,13 +67,9 @@ class ParallelEngine:
         self.sp = parallel.sp and g.tp > 1
         self.recompute = parallel.recompute == "full"
         self.first, self.last = state.is_first_stage(), state.is_last_stage()
-        apply_tensor_parallel(model, state.tp_group(), self.sp)
-        if self.virtual > 1:
-            self.chunks = keep_chunks(model, g.pp_rank, g.pp, self.virtual)
-        elif g.pp > 1:
-            keep_stage(model, g.pp_rank, g.pp)
-        if self.virtual == 1:
-            self.chunks = [decoder_layers(model)]
+        layout = Layout(g.tp_rank, g.tp, g.pp_rank, g.pp, self.virtual)
+        self.chunks, self.init_stats = shard_model(model, layout, state.tp_group(), self.sp,
+                                                   init, device)
         if g.tp > 1:
             model_parallel_seed(seed, g.tp_rank)
         self.model = model

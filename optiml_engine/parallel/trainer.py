@@ -21,8 +21,9 @@ from optiml_engine.optim.schedule import lr_at
 from optiml_engine.parallel import checkpoint as pckpt
 from optiml_engine.parallel import state
 from optiml_engine.parallel.engine import ParallelEngine
+from optiml_engine.parallel.init import build_local_model
 from optiml_engine.training import checkpoint as ckpt
-from optiml_engine.training.trainer import Trainer, build_model
+from optiml_engine.training.trainer import Trainer
 
 
 def wants_parallel(recipe) -> bool:
@@ -62,9 +63,15 @@ class ParallelTrainer(Trainer):
         super().__init__(recipe, verbose=verbose and self.grid.rank == 0)
 
     def build_model(self):
-        model = build_model(self.recipe).to(self.device)  # whole and identical on every rank
+        """Only this rank's part is ever allocated (parallel/init.py): built on the meta
+        device, then filled from the HF directory's slices or OPT's seeded init, or left for
+        the checkpoint being resumed to fill."""
         r = self.recipe
-        self.engine = ParallelEngine(model, r.parallel, r.optim, r.precision, r.train.seed)
+        load = r.checkpoint.load
+        resuming = bool(load) and ckpt.resolve_load_path(load, r.checkpoint.dir) is not None
+        model, source = build_local_model(r, resuming)
+        self.engine = ParallelEngine(model, r.parallel, r.optim, r.precision, r.train.seed,
+                                     init=source, device=self.device)
         return self.engine.model
 
     def build_optimizer(self):

@@ -17,9 +17,9 @@ from harness import (
     tiny_config,
 )
 
-from optiml_engine.model import OPTForCausalLM
 from optiml_engine.parallel import state
 from optiml_engine.parallel.engine import ParallelEngine
+from optiml_engine.parallel.init import meta_model
 
 
 def layout_name(layout: dict) -> str:
@@ -33,8 +33,7 @@ def run_layout(rank: int, layout: dict, steps, reference, micro: int) -> dict | 
     try:
         if not state.in_grid():
             return None
-        torch.manual_seed(SEED)
-        model = OPTForCausalLM(tiny_config())
+        model = meta_model(tiny_config(), SEED)  # only this rank's part is ever built
         par = parallel_config(tp, pp, layout.get("sp", False), layout.get("zero1", False),
                               layout.get("recompute", "none"),
                               virtual_stages=layout.get("vs", 1))

@@ -48,9 +48,11 @@ def test_parallel_trainer_matches_single_process_trainer(tmp_path):
             losses = [m["loss"] for m in got[name]]
             assert max(abs(a - b) / b for a, b in zip(losses, want, strict=True)) < 1e-5, name
     # Resume the TP2 x PP2 checkpoint of step 2 in one process: steps 3 and 4 are the same.
-    resumed = trainer_worker.ParallelTrainer(load_recipe(path, [
+    trainer = trainer_worker.ParallelTrainer(load_recipe(path, [
         f"checkpoint.dir={tmp_path / 'ck2'}", f"checkpoint.load={tmp_path / 'ck' / 'step_0000002'}",
-    ]), verbose=False).fit()
+    ]), verbose=False)
+    assert trainer.engine.init_stats.sources == ["EmptyInit"]  # no random init on resume
+    resumed = trainer.fit()
     assert len(resumed) == 2
     for got, ref in zip(resumed, reference[2:], strict=True):
         assert abs(got["loss"] - ref["loss"]) / ref["loss"] < 1e-5
