@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from optiml_engine.eval import batching
-from optiml_engine.model.opt import POSITION_OFFSET
+from optiml_engine.model.opt import POSITION_OFFSET, default_position_ids
 from optiml_engine.parallel import state
 from optiml_engine.parallel.pipeline import decoder_layers
 from optiml_engine.parallel.tensor_parallel import SequenceScatteredEmbedding
@@ -94,9 +94,7 @@ class PipelineEvalModel:
     @torch.no_grad()
     def hidden_states(self, input_ids, position_ids=None, doc_ids=None, kv_cache=None):
         if position_ids is None:
-            start = kv_cache.length if kv_cache is not None else 0
-            position_ids = torch.arange(start, start + input_ids.shape[1],
-                                        device=input_ids.device).expand_as(input_ids)
+            position_ids = default_position_ids(input_ids, kv_cache)
         kv_doc_ids = kv_cache.extend_doc_ids(doc_ids) if kv_cache is not None else doc_ids
         batch, seq = input_ids.shape
         shape = (batch, seq, self.config.hidden_size)

@@ -38,6 +38,13 @@ def initial_value(name: str, shape, init_seed: int, std: float) -> torch.Tensor:
     return torch.empty(shape, device="cpu").normal_(0.0, std, generator=g)
 
 
+def default_position_ids(input_ids, kv_cache: KVCache | None = None) -> torch.Tensor:
+    """One example per row: positions 0, 1, ... continuing after what the cache already holds."""
+    start = kv_cache.length if kv_cache is not None else 0
+    return torch.arange(start, start + input_ids.shape[1],
+                        device=input_ids.device).expand_as(input_ids)
+
+
 class OPTAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -143,9 +150,7 @@ class OPTForCausalLM(nn.Module):
     def hidden_states(self, input_ids, position_ids=None, doc_ids=None, kv_cache=None):
         """Final hidden states [B, S, word_embed_proj_dim], ready for the output projection."""
         if position_ids is None:
-            start = kv_cache.length if kv_cache is not None else 0
-            position_ids = torch.arange(start, start + input_ids.shape[1],
-                                        device=input_ids.device).expand_as(input_ids)
+            position_ids = default_position_ids(input_ids, kv_cache)
         kv_doc_ids = kv_cache.extend_doc_ids(doc_ids) if kv_cache is not None else doc_ids
         h = self.decoder.embed(input_ids, position_ids)
         for layer in self.decoder.layers:
