@@ -153,3 +153,21 @@ def _entry(rank, fn, world, port, args):
 def spawn(fn, world: int, *args) -> None:
     """Run fn(rank, *args) on `world` fresh processes joined in one gloo group."""
     mp.spawn(_entry, args=(fn, world, free_port(), args), nprocs=world, join=True)
+
+
+def tiny_hf(path, layout: str) -> str:
+    """A random tiny HF OPT saved at `path`: `pre_ln`, or 350M's post-LN with project_in/out."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    extra = {} if layout == "pre_ln" else dict(do_layer_norm_before=False, word_embed_proj_dim=16)
+    torch.manual_seed(0)
+    hf = transformers.OPTForCausalLM(transformers.OPTConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=4, ffn_dim=64, num_attention_heads=4,
+        max_position_embeddings=64, **extra))
+    with torch.no_grad():  # random LayerNorms and biases so a misplaced slice cannot hide
+        for name, p in hf.named_parameters():
+            if "layer_norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(path)
+    return str(path)

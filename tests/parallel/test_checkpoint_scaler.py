@@ -91,20 +91,6 @@ def test_planted_inf_skips_the_step_on_every_rank(runs):
     assert len({res["first"]["loss"] for res in scaler}) == 1
 
 
-def tiny_hf(path: Path, layout: str):
-    transformers = pytest.importorskip("transformers")
-    extra = {} if layout == "pre_ln" else dict(do_layer_norm_before=False, word_embed_proj_dim=16)
-    torch.manual_seed(0)
-    hf = transformers.OPTForCausalLM(transformers.OPTConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=4, ffn_dim=64, num_attention_heads=4,
-        max_position_embeddings=64, **extra))
-    with torch.no_grad():  # random LayerNorms and biases so a misplaced slice cannot hide
-        for name, p in hf.named_parameters():
-            if "layer_norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    hf.save_pretrained(path)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_hf2engine_sharded_conversion_matches_from_hf(tmp_path):
@@ -114,7 +100,7 @@ def test_hf2engine_sharded_conversion_matches_from_hf(tmp_path):
 
     layouts = ["pre_ln", "post_ln_projected"]  # 350M's post-LN with project_in/out
     for layout in layouts:
-        tiny_hf(tmp_path / layout, layout)
+        harness.tiny_hf(tmp_path / layout, layout)
     harness.spawn(ckpt_worker.convert_worker, WORLD,
                   [(str(tmp_path / lay), str(tmp_path / f"{lay}-tp2pp2")) for lay in layouts])
     for layout in layouts:

@@ -29,25 +29,10 @@ LAYOUTS = {
 HF_LAYOUTS = ("pre_ln", "post_ln_projected")  # the latter: 350M's post-LN, project_in/out
 
 
-def tiny_hf(path: Path, layout: str) -> str:
-    transformers = pytest.importorskip("transformers")
-    extra = {} if layout == "pre_ln" else dict(do_layer_norm_before=False, word_embed_proj_dim=16)
-    torch.manual_seed(0)
-    hf = transformers.OPTForCausalLM(transformers.OPTConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=4, ffn_dim=64, num_attention_heads=4,
-        max_position_embeddings=64, **extra))
-    with torch.no_grad():  # random LayerNorms and biases so a misplaced slice cannot hide
-        for name, p in hf.named_parameters():
-            if "layer_norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    hf.save_pretrained(path / layout)
-    return str(path / layout)
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("meta")
-    hf_dirs = [tiny_hf(tmp, layout) for layout in HF_LAYOUTS]
+    hf_dirs = [harness.tiny_hf(tmp / layout, layout) for layout in HF_LAYOUTS]
     harness.spawn(meta_worker.worker, WORLD, meta_worker.BIG, LAYOUTS, hf_dirs, str(tmp))
     return [json.loads((tmp / f"meta{r}.json").read_text()) for r in range(WORLD)]
 
