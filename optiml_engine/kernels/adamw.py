@@ -39,12 +39,18 @@ def _any_non_finite(g32) -> torch.Tensor:
     return (~torch.isfinite(torch.stack(norms))).any().float()
 
 
-def _foreach_step(params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_scale, found_inf,
-                  check):
+def _checked_fp32(grads, inv_scale, found_inf, check):
+    """Unscaled fp32 gradients, or None when a non-finite one means the step is skipped."""
     g32 = _unscaled_fp32(grads, inv_scale)
     if check:
         torch.maximum(found_inf, _any_non_finite(g32), out=found_inf)
-    if found_inf.item():
+    return None if found_inf.item() else g32
+
+
+def _foreach_step(params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_scale, found_inf,
+                  check):
+    g32 = _checked_fp32(grads, inv_scale, found_inf, check)
+    if g32 is None:
         return
     targets = masters if masters is not None else params
     torch._foreach_mul_(targets, hp["decay"])
@@ -83,10 +89,8 @@ def _apex_step(params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_scale, fou
     import amp_C
     from apex.multi_tensor_apply import multi_tensor_applier
 
-    g32 = _unscaled_fp32(grads, inv_scale)
-    if check:
-        torch.maximum(found_inf, _any_non_finite(g32), out=found_inf)
-    if found_inf.item():
+    g32 = _checked_fp32(grads, inv_scale, found_inf, check)
+    if g32 is None:
         return
     targets = masters if masters is not None else params
     overflow = torch.zeros(1, dtype=torch.int32, device=params[0].device)
