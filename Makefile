@@ -37,3 +37,4 @@ bench:
 	$(PYTHON) tools/bench_kernels.py attention
 	$(PYTHON) tools/bench_kernels.py cross-entropy
 	$(PYTHON) tools/bench_kernels.py adamw
+	OMP_NUM_THREADS=1 $(PYTHON) tools/bench_parallel.py
