@@ -29,7 +29,8 @@ test-fast: install
 lint:
 	ruff check .
 
-bench:
+bench:  # after `make install`; figures go to docs/benchmarks.md by hand, with the machine
+	$(PYTHON) -m optiml_engine data build recipes/bench/synthetic.yaml --out runs/bench-synthetic
 	$(PYTHON) tools/bench_packing.py
 	$(PYTHON) tools/bench_train.py
 	$(PYTHON) tools/bench_data.py
