@@ -1,5 +1,5 @@
 """Shared pieces of the multi-process tests: a tiny OPT, synthetic packed batches, the
-single-process reference loop (the lead's model + torch AdamW + clip_grad_norm_, independent of
+single-process reference loop (the engine's model + torch AdamW + clip_grad_norm_, independent of
 the parallel code) and a spawner of gloo process groups."""
 
 from __future__ import annotations
