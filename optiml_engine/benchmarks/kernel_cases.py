@@ -82,13 +82,13 @@ def attention_cases(batch, seq, heads, head_dim, n_examples, dtype, device):
 # --- cross-entropy -----------------------------------------------------------------------------
 
 
-def cross_entropy_inputs(tokens, vocab, hidden, dtype, device, seed=0):
+def cross_entropy_inputs(tokens, vocab, hidden, dtype, device, seed=0, target_fraction=0.7):
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(tokens, hidden, generator=g).to(device, dtype).requires_grad_()
     w = (torch.randn(vocab, hidden, generator=g) / math.sqrt(hidden)).to(device, dtype)
     w.requires_grad_()
     targets = torch.randint(0, vocab, (tokens,), generator=g).to(device)
-    mask = (torch.rand(tokens, generator=g) > 0.3).to(device)
+    mask = (torch.rand(tokens, generator=g) < target_fraction).to(device)
     return h, w, targets, mask
 
 

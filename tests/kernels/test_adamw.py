@@ -10,7 +10,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(1,), (7,), (300,), (33, 40)]  # sizes off the chunk size, one tensor spans chunks
 LRS = [1e-3 * (1 + i) / 10 for i in range(10)]  # a changing lr, as a schedule gives
 HP = dict(beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
-BACKENDS = ["foreach", "torch_fused", "loop", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
+BACKENDS = ["foreach", "torch_fused", "loop", "triton"] + (
+    ["cuda"] if torch.cuda.is_available() else [])
 
 
 def make_params(seed=0):
