@@ -194,3 +194,23 @@ def test_recompute_replays_the_mask():
     checkpoint(layer, q, k, v).backward(g)
     for want, t in zip(plain, (q, k, v), strict=True):
         assert torch.equal(t.grad, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("head_dim", [64, 80, 128])
+def test_real_size_on_gpu(head_dim):
+    """A 2048-token row holding 8 examples, bf16, default tile sizes, p = 0.1."""
+    lengths = [301, 17, 512, 1, 255, 390, 200, 372]
+    doc_ids = doc_ids_from_lengths([lengths, lengths[::-1]])
+    q, k, v = qkv(2, 2048, 4, head_dim, torch.bfloat16, seed=9)
+    grad_out = torch.randn_like(q)
+    torch.manual_seed(3)
+    out = attention(q, k, v, doc_ids, dropout_p=0.1, backend="triton")
+    out.backward(grad_out)
+    keep = kernel_mask(3, 2, 4, 2048, 0.1)
+    ref_out, ref_grads = reference(q, k, v, doc_ids, keep, 0.1, grad_out)
+    torch.testing.assert_close(out.float(), ref_out, atol=2e-2, rtol=2e-2)
+    for got, want in zip((q.grad, k.grad, v.grad), ref_grads, strict=True):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.float(), want, atol=2e-2 * scale, rtol=2e-2)
