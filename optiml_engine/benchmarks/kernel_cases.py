@@ -141,7 +141,7 @@ def adamw_cases(shapes, param_dtype, device):
     hp = dict(lr=1e-4, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=1)
     dev = torch.device(device)
     cases = {}
-    for backend in ("loop", "foreach", "triton", "cuda", "apex"):
+    for backend in ("loop", "foreach", "torch_fused", "triton", "cuda", "apex"):
         if backend == "loop" or dispatch.backend_available(backend, dev)[0]:
             if backend == "triton" and dev.type != "cuda":
                 continue  # the interpreter is a test tool, not a backend to time
@@ -151,7 +151,8 @@ def adamw_cases(shapes, param_dtype, device):
     tparams = [p.detach().float().clone().requires_grad_() for p in params]
     for p, g in zip(tparams, grads, strict=True):
         p.grad = g.float()
-    for name, kw in (("torch_foreach", dict(foreach=True)), ("torch_fused", dict(fused=True))):
+    for name, kw in (("torch.optim(foreach)", dict(foreach=True)),
+                     ("torch.optim(fused)", dict(fused=True))):
         try:
             opt = torch.optim.AdamW(tparams, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **kw)
         except (RuntimeError, ValueError):
