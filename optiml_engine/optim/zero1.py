@@ -8,7 +8,8 @@ master weights and both Adam moments. A step:
      slice, otherwise the slice is everything (gradients were already all-reduced);
   2. unscales (fp16), skips the step if any rank saw inf/NaN, computes the global norm (each
      element counted once, see optim.clip) and clips;
-  3. runs AdamW on the slice (the same operations as torch.optim.AdamW's foreach path);
+  3. runs AdamW on the slice through `kernels.adamw_step` (the backend the recipe's
+     `kernels.adamw` picks), one call per weight-decay group of per-parameter views;
   4. all-gathers the updated slices and copies them into the model's parameters.
 
 Weight decay applies to parameters with 2 or more dimensions (OPT-IML: not biases/LayerNorm).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from optiml_engine.kernels.adamw import adamw_step
 from optiml_engine.optim.clip import clip_coefficient, global_norm, local_squares
 from optiml_engine.optim.loss_scaler import ConstantLossScaler, found_inf_anywhere
 from optiml_engine.parallel.mappings import (
@@ -50,19 +52,27 @@ class FlatAdamW:
         self.start, self.end = start, start + self.shard_size
         device = self.params[0].device if self.params else torch.device("cpu")
         counts = count_weights if count_weights is not None else [True] * len(self.params)
-        decay = torch.zeros(self.padded, device=device)
         count = torch.zeros(self.padded, device=device)
-        for p, o, n, c in zip(self.params, self.offsets, self.numels, counts, strict=True):
-            decay[o:o + n] = 1.0 if p.ndim >= 2 else 0.0
+        for o, n, c in zip(self.offsets, self.numels, counts, strict=True):
             count[o:o + n] = 1.0 if c else 0.0
         if not count_here:
             count.zero_()
-        self.decay_mask = decay[self.start:self.end].clone()
         self.count_mask = count[self.start:self.end].clone()
         self.master = self._flatten([p.detach() for p in self.params])[self.start:self.end].clone()
         self.exp_avg = torch.zeros_like(self.master)
         self.exp_avg_sq = torch.zeros_like(self.master)
         self.step_count = 0
+        self.groups = self._decay_groups()
+
+    def _decay_groups(self) -> list[tuple[bool, list[tuple[int, int]]]]:
+        """(decays, ranges): per parameter overlapping this rank's slice, the [lo, hi) of
+        that overlap in slice coordinates, split by whether the parameter decays."""
+        ranges: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
+        for p, o, n in zip(self.params, self.offsets, self.numels, strict=True):
+            lo, hi = max(o, self.start), min(o + n, self.end)
+            if lo < hi:
+                ranges[p.ndim >= 2].append((lo - self.start, hi - self.start))
+        return [(decays, r) for decays, r in ranges.items() if r]
 
     # -- flat <-> parameters ---------------------------------------------------------------
 
@@ -116,15 +126,16 @@ class FlatAdamW:
         return {"grad_norm": float(norm), "skipped": 0.0, "loss_scale": scaler.scale}
 
     def _adamw(self, grad: torch.Tensor, lr: float) -> None:
-        beta1, beta2 = self.betas
+        """The fp32 masters are the targets (masters=None); the caller already unscaled,
+        clipped and checked the gradients on every rank, so the kernel checks nothing."""
         self.step_count += 1
-        self.master.mul_(1.0 - lr * self.weight_decay * self.decay_mask)
-        self.exp_avg.lerp_(grad, 1.0 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        bias1 = 1.0 - beta1**self.step_count
-        bias2_sqrt = (1.0 - beta2**self.step_count) ** 0.5
-        denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
-        self.master.addcdiv_(self.exp_avg, denom, value=-(lr / bias1))
+        beta1, beta2 = self.betas
+        for decays, ranges in self.groups:
+            master, g, m, v = ([t[lo:hi] for lo, hi in ranges]
+                               for t in (self.master, grad, self.exp_avg, self.exp_avg_sq))
+            adamw_step(master, g, m, v, None, lr=lr, beta1=beta1, beta2=beta2, eps=self.eps,
+                       weight_decay=self.weight_decay if decays else 0.0,
+                       step=self.step_count, check_non_finite=False)
 
     # -- per-parameter state for checkpoints (layout independent) ----------------------------
 

@@ -8,11 +8,12 @@ from torch import nn
 
 from optiml_engine.errors import OptimlError
 from optiml_engine.kernels.cross_entropy import masked_cross_entropy
+from optiml_engine.kernels.vocab_parallel_cross_entropy import vocab_parallel_cross_entropy
 from optiml_engine.optim.clip import clip_grad_norm_
 from optiml_engine.optim.loss_scaler import DynamicLossScaler
 from optiml_engine.optim.zero1 import FlatAdamW
 from optiml_engine.parallel import state
-from optiml_engine.parallel.cross_entropy import vocab_parallel_masked_cross_entropy
+from optiml_engine.parallel.engine import tp_all_reduces
 from optiml_engine.parallel.interleaved import chunk_layer_ranges, interleaved_order
 from optiml_engine.parallel.pipeline import stage_layer_range
 from optiml_engine.parallel.random import checkpoint, get_rng_tracker, model_parallel_seed
@@ -34,12 +35,14 @@ def test_stage_layer_ranges_cover_every_layer_once():
     assert [list(r) for r in ranges] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
 
 
-def test_vocab_parallel_ce_on_one_rank_equals_the_reference():
+def test_engine_loss_on_one_rank_equals_the_reference():
+    """The engine's loss path (kernels' vocab-parallel CE with the engine's all-reduces, which
+    are the identity without a tensor-parallel group) against the plain masked CE."""
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 11, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 11, (2, 5))
     mask = (torch.rand(2, 5) < 0.6).float()
-    got = vocab_parallel_masked_cross_entropy(logits, targets, mask)
+    got = vocab_parallel_cross_entropy(logits, targets, mask, 0, *tp_all_reduces(None))
     (g_got,) = torch.autograd.grad(got, logits)
     want = masked_cross_entropy(logits, targets, mask)
     (g_want,) = torch.autograd.grad(want, logits)
