@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install demo test test-fast lint bench
+.PHONY: install demo test test-fast lint bench gpu-check
 
 install:
 	# torch first and pinned: the CPU build on disk, never a multi-GB CUDA download.
@@ -39,3 +39,9 @@ bench:  # after `make install`; figures go to docs/benchmarks.md by hand, with t
 	$(PYTHON) tools/bench_kernels.py cross-entropy
 	$(PYTHON) tools/bench_kernels.py adamw
 	OMP_NUM_THREADS=1 $(PYTHON) tools/bench_parallel.py
+
+gpu-check:  # on a GPU machine after `make install`: kernel tests at real sizes, then the figures
+	$(PYTHON) -m pytest -q tests/kernels tests/model
+	$(PYTHON) tools/bench_kernels.py attention --out bench_out/kernels
+	$(PYTHON) tools/bench_kernels.py cross-entropy --out bench_out/kernels
+	$(PYTHON) tools/bench_kernels.py adamw --out bench_out/kernels

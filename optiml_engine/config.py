@@ -183,7 +183,8 @@ class KernelsConfig:
     cross_entropy: str = doc(
         "masked cross-entropy backend", "auto", choices=["auto", "triton", "torch"]
     )
-    adamw: str = doc("AdamW backend", "auto", choices=["auto", "cuda", "triton", "apex", "foreach"])
+    adamw: str = doc("AdamW backend", "auto", choices=["auto", "cuda", "triton", "apex",
+                                                              "torch_fused", "foreach"])
     loss_chunk_tokens: int = doc(
         "tokens per chunk of the fused output projection + loss (logits never exist in full); "
         "0 computes the full logits then the loss", 4096, min=0)

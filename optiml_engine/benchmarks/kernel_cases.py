@@ -82,13 +82,13 @@ def attention_cases(batch, seq, heads, head_dim, n_examples, dtype, device):
 # --- cross-entropy -----------------------------------------------------------------------------
 
 
-def cross_entropy_inputs(tokens, vocab, hidden, dtype, device, seed=0):
+def cross_entropy_inputs(tokens, vocab, hidden, dtype, device, seed=0, target_fraction=0.7):
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(tokens, hidden, generator=g).to(device, dtype).requires_grad_()
     w = (torch.randn(vocab, hidden, generator=g) / math.sqrt(hidden)).to(device, dtype)
     w.requires_grad_()
     targets = torch.randint(0, vocab, (tokens,), generator=g).to(device)
-    mask = (torch.rand(tokens, generator=g) > 0.3).to(device)
+    mask = (torch.rand(tokens, generator=g) < target_fraction).to(device)
     return h, w, targets, mask
 
 
@@ -141,7 +141,7 @@ def adamw_cases(shapes, param_dtype, device):
     hp = dict(lr=1e-4, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=1)
     dev = torch.device(device)
     cases = {}
-    for backend in ("loop", "foreach", "triton", "cuda", "apex"):
+    for backend in ("loop", "foreach", "torch_fused", "triton", "cuda", "apex"):
         if backend == "loop" or dispatch.backend_available(backend, dev)[0]:
             if backend == "triton" and dev.type != "cuda":
                 continue  # the interpreter is a test tool, not a backend to time
@@ -151,7 +151,8 @@ def adamw_cases(shapes, param_dtype, device):
     tparams = [p.detach().float().clone().requires_grad_() for p in params]
     for p, g in zip(tparams, grads, strict=True):
         p.grad = g.float()
-    for name, kw in (("torch_foreach", dict(foreach=True)), ("torch_fused", dict(fused=True))):
+    for name, kw in (("torch.optim(foreach)", dict(foreach=True)),
+                     ("torch.optim(fused)", dict(fused=True))):
         try:
             opt = torch.optim.AdamW(tparams, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **kw)
         except (RuntimeError, ValueError):

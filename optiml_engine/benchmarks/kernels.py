@@ -67,10 +67,11 @@ def bench_attention(quick: bool) -> list[dict]:
     return rows
 
 
-def _ce_peak_child(variant, tokens, vocab, hidden, dtype, queue):
+def _ce_peak_child(variant, tokens, vocab, hidden, dtype, targets, queue):
     """In a fresh process: peak RSS growth (bytes) of one forward + backward."""
     torch.set_num_threads(1)
-    inputs = cases.cross_entropy_inputs(tokens, vocab, hidden, DTYPES[dtype], "cpu")
+    inputs = cases.cross_entropy_inputs(tokens, vocab, hidden, DTYPES[dtype], "cpu",
+                                        target_fraction=targets)
 
     def rss(field):
         with open("/proc/self/status") as f:
@@ -84,16 +85,17 @@ def _ce_peak_child(variant, tokens, vocab, hidden, dtype, queue):
     queue.put((rss("VmHWM:") - base, (time.perf_counter() - start) * 1e3))
 
 
-def bench_cross_entropy(quick: bool, tokens: int | None = None) -> list[dict]:
+def bench_cross_entropy(quick: bool, tokens: int | None = None, targets: float = 0.7) -> list[dict]:
     rows = []
     if GPU:
         tokens, vocab, hidden, dtype = tokens or 16384, 50272, 2048, "bf16"
     else:
         tokens, vocab, hidden, dtype = tokens or (1024 if quick else 4096), 50272, 768, "fp32"
-    shape = f"{tokens} tok x {vocab} vocab, hidden {hidden}, {dtype}"
+    shape = f"{tokens} tok ({targets:.0%} targets) x {vocab} vocab, hidden {hidden}, {dtype}"
     for variant in cases.cross_entropy_variants("cuda" if GPU else "cpu"):
         if GPU:
-            inputs = cases.cross_entropy_inputs(tokens, vocab, hidden, DTYPES[dtype], "cuda")
+            inputs = cases.cross_entropy_inputs(tokens, vocab, hidden, DTYPES[dtype], "cuda",
+                                                target_fraction=targets)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
@@ -105,7 +107,7 @@ def bench_cross_entropy(quick: bool, tokens: int | None = None) -> list[dict]:
             ctx = mp.get_context("spawn")
             queue = ctx.Queue()
             child = ctx.Process(target=_ce_peak_child,
-                                args=(variant, tokens, vocab, hidden, dtype, queue))
+                                args=(variant, tokens, vocab, hidden, dtype, targets, queue))
             child.start()
             peak, ms = queue.get(timeout=600)
             child.join()
@@ -174,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument("--tokens", type=int, help="cross-entropy: tokens (default 16k on a GPU, "
                         "4096 on a CPU)")
+    parser.add_argument("--targets", type=float, default=0.7,
+                        help="cross-entropy: fraction of tokens that carry a loss (default 0.7)")
     args = parser.parse_args(argv)
-    extra = {"tokens": args.tokens} if args.kind == "cross-entropy" else {}
+    extra = {"tokens": args.tokens, "targets": args.targets} if args.kind == "cross-entropy" \
+        else {}
     rows = BENCHES[args.kind](args.quick, **extra)
     add_speedups(rows)
     write_outputs(rows, args.kind.replace("-", "_"), Path(args.out))

@@ -9,7 +9,9 @@ the params' device, returned) is set to 1 for the loss scaler; the fused backend
 the device without a host sync.
 
 Backends: `cuda` (optiml_engine._cuda_ops, csrc/cuda), `triton` (triton_adamw.py), `apex`
-(amp_C.multi_tensor_adam on fp32 copies of the grads), `foreach` (torch._foreach_*, the CPU path).
+(amp_C.multi_tensor_adam on fp32 copies of the grads), `torch_fused` (torch's fused AdamW kernel,
+fed our masters and skip flag: the fastest CPU path), `foreach` (torch._foreach_*, the portable
+fallback).
 `loop` is the one-tensor-at-a-time baseline benchmarks compare against.
 """
 
@@ -29,21 +31,27 @@ def _as_tensor(x, device) -> torch.Tensor:
     return torch.tensor(float(x), dtype=torch.float32, device=device)
 
 
-def _unscaled_fp32(grads, inv_scale):
-    g32 = [g.float() for g in grads]
-    return torch._foreach_mul(g32, inv_scale)
+def _unscaled_fp32(grads, inv_scale, found_inf=None):
+    """fp32 grads * inv_scale; with found_inf, also flags any inf/NaN there (GradScaler's op).
 
-
-def _any_non_finite(g32) -> torch.Tensor:
-    norms = torch._foreach_norm(g32, ord=float("inf"))
-    return (~torch.isfinite(torch.stack(norms))).any().float()
+    The caller's grads keep their values: when they are fp32 and inv_scale is 1 they are used
+    as they are (the check multiplies them by exactly 1), otherwise fp32 copies are made.
+    """
+    unit = inv_scale.item() == 1.0
+    if unit and all(g.dtype == torch.float32 for g in grads):
+        g32 = list(grads)
+    else:
+        g32 = [g.to(torch.float32, copy=True) for g in grads]
+    if found_inf is not None:
+        torch._amp_foreach_non_finite_check_and_unscale_(g32, found_inf, inv_scale)
+    elif not unit:
+        torch._foreach_mul_(g32, inv_scale)
+    return g32
 
 
 def _checked_fp32(grads, inv_scale, found_inf, check):
     """Unscaled fp32 gradients, or None when a non-finite one means the step is skipped."""
-    g32 = _unscaled_fp32(grads, inv_scale)
-    if check:
-        torch.maximum(found_inf, _any_non_finite(g32), out=found_inf)
+    g32 = _unscaled_fp32(grads, inv_scale, found_inf if check else None)
     return None if found_inf.item() else g32
 
 
@@ -54,8 +62,7 @@ def _foreach_step(params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_scale, 
         return
     targets = masters if masters is not None else params
     torch._foreach_mul_(targets, hp["decay"])
-    torch._foreach_mul_(exp_avgs, hp["beta1"])
-    torch._foreach_add_(exp_avgs, g32, alpha=1.0 - hp["beta1"])
+    torch._foreach_lerp_(exp_avgs, g32, 1.0 - hp["beta1"])
     torch._foreach_mul_(exp_avg_sqs, hp["beta2"])
     torch._foreach_addcmul_(exp_avg_sqs, g32, g32, value=1.0 - hp["beta2"])
     denom = torch._foreach_sqrt(exp_avg_sqs)
@@ -63,6 +70,23 @@ def _foreach_step(params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_scale, 
     torch._foreach_add_(denom, hp["eps"])
     torch._foreach_addcdiv_(targets, exp_avgs, denom, value=-hp["step_size"])
     if masters is not None:
+        torch._foreach_copy_(params, masters)
+
+
+def _torch_fused_step(params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_scale, found_inf,
+                      check):
+    """torch's own fused AdamW kernel (`AdamW(fused=True)`), given our masters and skip flag.
+
+    It reads found_inf itself, so a skipped step needs no host sync; it wants fp32 grads like
+    its fp32 targets, and its own unscaling would write into them, so it gets ours instead.
+    """
+    g32 = _unscaled_fp32(grads, inv_scale, found_inf if check else None)
+    targets = masters if masters is not None else params
+    steps = [torch.full((), float(hp["step"]), device=targets[0].device)] * len(targets)
+    torch._fused_adamw_(targets, g32, exp_avgs, exp_avg_sqs, [], steps, lr=hp["lr"],
+                        beta1=hp["beta1"], beta2=hp["beta2"], weight_decay=hp["weight_decay"],
+                        eps=hp["eps"], amsgrad=False, maximize=False, found_inf=found_inf)
+    if masters is not None:  # unchanged masters on a skipped step: copying them back is a no-op
         torch._foreach_copy_(params, masters)
 
 
@@ -122,7 +146,8 @@ def _fused_step(backend, params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_
                          hp["eps"], hp["decay"], hp["step_size"], hp["bc2_sqrt"])
 
 
-STEPS = {"foreach": _foreach_step, "loop": _loop_step, "apex": _apex_step}
+STEPS = {"foreach": _foreach_step, "torch_fused": _torch_fused_step, "loop": _loop_step,
+         "apex": _apex_step}
 
 
 @torch.no_grad()
@@ -171,5 +196,5 @@ def check_grads(grads, inv_scale, found_inf: torch.Tensor, backend: str | None =
         for same in by_dtype.values():
             ops.non_finite_check(same, inv, found_inf)
     else:
-        torch.maximum(found_inf, _any_non_finite(_unscaled_fp32(grads, inv)), out=found_inf)
+        _unscaled_fp32(grads, inv, found_inf)
     return found_inf

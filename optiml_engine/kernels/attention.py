@@ -67,12 +67,14 @@ def _cached_segment_bounds(doc_ids: torch.Tensor):
 
 
 def _triton_unsupported(q, k, kv_doc_ids, doc_ids, dropout_p) -> str | None:
+    from optiml_engine.kernels.triton_attention import MAX_DROPOUT_SEQ
+
     if q.shape[1] != k.shape[1]:
         return "query and key lengths differ (KV-cache decoding)"
     if kv_doc_ids is not None and kv_doc_ids is not doc_ids:
         return "separate key document ids"
-    if dropout_p > 0.0:
-        return "attention dropout"
+    if dropout_p > 0.0 and q.shape[1] > MAX_DROPOUT_SEQ:
+        return f"attention dropout on rows longer than {MAX_DROPOUT_SEQ} tokens"
     if q.dtype not in TRITON_DTYPES:
         return f"dtype {q.dtype}"
     if q.shape[-1] > TRITON_MAX_HEAD_DIM:
@@ -127,7 +129,7 @@ def attention(q, k, v, doc_ids=None, kv_doc_ids=None, dropout_p=0.0, scale=None,
             from optiml_engine.kernels.triton_attention import triton_attention
 
             start, end = (None, None) if doc_ids is None else _cached_segment_bounds(doc_ids)
-            return triton_attention(q, k, v, start, end, scale)
+            return triton_attention(q, k, v, start, end, scale, dropout_p=dropout_p)
     else:
         why = None
     if why is not None:

@@ -64,10 +64,18 @@ def loss_and_grad(logits, targets, weights, backend: str = "torch"):
 
         loss, _, _, _, dlogits = triton_cross_entropy_forward(logits, targets, weights)
         return loss.sum(), dlogits
-    mx, sumexp, target_logit = shard_stats(logits, targets, weights)
-    lse = mx + torch.log(sumexp)
-    loss = ((lse - target_logit) * weights).sum()
-    return loss, shard_grad(logits, targets, weights, lse)
+    # One exp pass: the shifted exponentials give both the sum and (rescaled) the softmax.
+    x = logits.reshape(-1, logits.shape[-1]).float()
+    mx = x.max(dim=-1).values
+    rows = torch.arange(x.shape[0], device=x.device)
+    targets = torch.where(weights != 0, targets.reshape(-1), 0)  # unweighted labels may be -100
+    target_logit = x[rows, targets]
+    grad = torch.sub(x, mx[:, None]).exp_()
+    sumexp = grad.sum(dim=-1)
+    loss = ((mx + torch.log(sumexp) - target_logit) * weights).sum()
+    grad.mul_((weights / sumexp)[:, None])
+    grad[rows, targets] -= weights
+    return loss, grad.to(logits.dtype)
 
 
 class FusedCrossEntropy(torch.autograd.Function):

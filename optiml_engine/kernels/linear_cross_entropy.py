@@ -6,6 +6,10 @@ states (dlogits @ W) and its share of the output-embedding gradient (dlogits^T @
 in fp32). Backward only scales the stored gradients, so peak extra memory is one chunk of logits
 (and its gradient) instead of several full-size fp32 buffers.
 
+Only target tokens are projected at all: a token with loss weight 0 has neither loss nor
+gradient, and instruction tuning masks every source token, so the output projection (the
+largest matmul of a small model) shrinks to the target fraction of the batch.
+
 With a vocab-parallel weight shard, pass `vocab_start` and the two all-reduce callables (see
 `vocab_parallel_cross_entropy.py`); the hidden-state gradient returned is then this rank's
 partial sum, which the caller's tensor-parallel input region all-reduces in backward.
@@ -38,7 +42,10 @@ class LinearCrossEntropy(torch.autograd.Function):
                 reduce_sum, backend):
         dtype = _compute_dtype(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
-            h = hidden.reshape(-1, hidden.shape[-1]).to(dtype)
+            h_all = hidden.reshape(-1, hidden.shape[-1]).to(dtype)
+            # Every tensor-parallel rank holds the same mask, so all pick the same rows.
+            rows = torch.nonzero(weights).flatten()
+            h, targets, weights = h_all[rows], targets[rows], weights[rows]
             w = weight.to(dtype)
             grad_h = torch.empty_like(h)
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
@@ -59,6 +66,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(dlogits, w, out=grad_h[lo:lo + chunk_size])
                 grad_w.addmm_(dlogits.T.float(), h_c.float())
                 del dlogits  # before the next chunk's logits exist
+            grad_h = torch.zeros_like(h_all).index_copy_(0, rows, grad_h)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         ctx.hidden_shape = hidden.shape

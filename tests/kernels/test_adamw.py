@@ -10,7 +10,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(1,), (7,), (300,), (33, 40)]  # sizes off the chunk size, one tensor spans chunks
 LRS = [1e-3 * (1 + i) / 10 for i in range(10)]  # a changing lr, as a schedule gives
 HP = dict(beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
-BACKENDS = ["foreach", "loop", "triton"] + (["cuda"] if torch.cuda.is_available() else [])
+BACKENDS = ["foreach", "torch_fused", "loop", "triton"] + (
+    ["cuda"] if torch.cuda.is_available() else [])
 
 
 def make_params(seed=0):
@@ -49,7 +50,7 @@ def test_fp32_matches_torch_adamw_after_10_steps(backend):
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("backend", ["foreach", "triton"])
+@pytest.mark.parametrize("backend", ["foreach", "torch_fused", "triton"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_params_with_fp32_masters(backend, dtype):
     start = make_params(seed=1)
@@ -66,7 +67,7 @@ def test_low_precision_params_with_fp32_masters(backend, dtype):
         assert torch.equal(p, master.to(dtype))
 
 
-@pytest.mark.parametrize("backend", ["foreach", "triton"])
+@pytest.mark.parametrize("backend", ["foreach", "torch_fused", "triton"])
 def test_inf_or_nan_skips_the_step_and_sets_found_inf(backend):
     params = make_params(seed=2)
     before = [p.clone() for p in params]
@@ -83,7 +84,7 @@ def test_inf_or_nan_skips_the_step_and_sets_found_inf(backend):
     assert all(torch.equal(t, torch.full_like(t, 0.25)) for t in v)
 
 
-@pytest.mark.parametrize("backend", ["foreach", "triton"])
+@pytest.mark.parametrize("backend", ["foreach", "torch_fused", "triton"])
 def test_overflow_from_the_loss_scale_is_detected(backend):
     grads = [torch.full((300,), 60000.0, dtype=torch.float16, device=DEVICE)]
     found = torch.zeros((), device=DEVICE)
@@ -94,7 +95,7 @@ def test_overflow_from_the_loss_scale_is_detected(backend):
     assert found.item() == 1.0
 
 
-@pytest.mark.parametrize("backend", ["foreach", "triton"])
+@pytest.mark.parametrize("backend", ["foreach", "torch_fused", "triton"])
 def test_optimizer_class_matches_torch_adamw_with_two_groups(backend):
     """Decay and no-decay groups as the trainer builds them; loss-scaled grads; one skip."""
     start = make_params(seed=3)
@@ -124,3 +125,19 @@ def test_optimizer_class_matches_torch_adamw_with_two_groups(backend):
     for p, q in zip(torch_params, ours, strict=True):
         torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
         assert opt.state[q]["step"].item() == 10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("inv_scale", [1.0, 0.5])
+def test_gradients_keep_their_values(backend, dtype, inv_scale):
+    """Unscaling works on copies: the caller's gradients (e.g. to log) survive the step."""
+    params = [p.to(dtype) for p in make_params()]
+    masters = [p.float() for p in params] if dtype != torch.float32 else None
+    grads = make_grads(0, dtype)
+    before = [g.clone() for g in grads]
+    m, v = ([torch.zeros_like(p, dtype=torch.float32) for p in params] for _ in range(2))
+    adamw_step(params, grads, m, v, masters, lr=1e-3, step=1, inv_scale=inv_scale,
+               backend=backend, **HP)
+    for g, b in zip(grads, before, strict=True):
+        assert torch.equal(g, b)

@@ -90,3 +90,13 @@ def test_vocab_parallel_shards_over_simulated_ranks():
     torch.testing.assert_close(results[0][1] + results[1][1], ref_h, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(torch.cat([results[0][2], results[1][2]]), ref_w,
                                atol=1e-6, rtol=1e-5)
+
+
+def test_a_batch_without_targets_has_zero_loss_and_grads():
+    hidden, weight, targets, loss_mask = problem(seed=3)
+    h, w = (t.clone().requires_grad_() for t in (hidden, weight))
+    loss = linear_cross_entropy(h, w, targets, torch.zeros_like(loss_mask), chunk_size=8,
+                                backend="torch")
+    loss.backward()
+    assert loss.item() == 0.0
+    assert h.grad.abs().max() == 0.0 and w.grad.abs().max() == 0.0
