@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from optiml_engine.kernels.adamw import adamw_step
-from optiml_engine.optim.clip import clip_coefficient, global_norm, local_squares
+from optiml_engine.optim.clip import clip_coefficient, global_norm
 from optiml_engine.optim.loss_scaler import ConstantLossScaler, found_inf_anywhere
 from optiml_engine.parallel.mappings import (
     all_gather_into_tensor,
@@ -50,38 +50,46 @@ class FlatAdamW:
         self.padded = self.shard_size * self.shards
         start = self.shard_rank * self.shard_size
         self.start, self.end = start, start + self.shard_size
-        device = self.params[0].device if self.params else torch.device("cpu")
         counts = count_weights if count_weights is not None else [True] * len(self.params)
-        count = torch.zeros(self.padded, device=device)
-        for o, n, c in zip(self.offsets, self.numels, counts, strict=True):
-            count[o:o + n] = 1.0 if c else 0.0
-        if not count_here:
-            count.zero_()
-        self.count_mask = count[self.start:self.end].clone()
         self.master = self._flatten([p.detach() for p in self.params])[self.start:self.end].clone()
         self.exp_avg = torch.zeros_like(self.master)
         self.exp_avg_sq = torch.zeros_like(self.master)
         self.step_count = 0
-        self.groups = self._decay_groups()
+        pieces = self._pieces()
+        # The slice ranges whose gradients count in the global norm on this rank.
+        self.counted = [r for i, r in pieces if counts[i] and count_here]
+        self.groups = [(decays, [r for i, r in pieces if (self.params[i].ndim >= 2) == decays])
+                       for decays in (True, False)]
+        self.groups = [(decays, ranges) for decays, ranges in self.groups if ranges]
 
-    def _decay_groups(self) -> list[tuple[bool, list[tuple[int, int]]]]:
-        """(decays, ranges): per parameter overlapping this rank's slice, the [lo, hi) of
-        that overlap in slice coordinates, split by whether the parameter decays."""
-        ranges: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
-        for p, o, n in zip(self.params, self.offsets, self.numels, strict=True):
+    def _pieces(self) -> list[tuple[int, tuple[int, int]]]:
+        """(i, (lo, hi)) for each params[i] overlapping this rank's slice: the overlap, in
+        slice coordinates. AdamW runs on (views of) these; padding is never touched."""
+        out = []
+        for i, (o, n) in enumerate(zip(self.offsets, self.numels, strict=True)):
             lo, hi = max(o, self.start), min(o + n, self.end)
             if lo < hi:
-                ranges[p.ndim >= 2].append((lo - self.start, hi - self.start))
-        return [(decays, r) for decays, r in ranges.items() if r]
+                out.append((i, (lo - self.start, hi - self.start)))
+        return out
+
+    def _local_squares(self, grad: torch.Tensor) -> torch.Tensor:
+        """Sum of squares of the counted ranges: one norm per range, no slice-sized temporary."""
+        norms = torch._foreach_norm([grad[lo:hi] for lo, hi in self.counted])
+        if not norms:
+            return torch.zeros((), dtype=torch.float32, device=grad.device)
+        return torch.stack(norms).double().square().sum().float()
 
     # -- flat <-> parameters ---------------------------------------------------------------
 
     def _flatten(self, tensors) -> torch.Tensor:
         device = self.params[0].device if self.params else torch.device("cpu")
-        flat = torch.zeros(self.padded, dtype=torch.float32, device=device)
+        flat = torch.empty(self.padded, dtype=torch.float32, device=device)
         for t, o, n in zip(tensors, self.offsets, self.numels, strict=True):
-            if t is not None:
-                flat[o:o + n] = t.reshape(-1).float()
+            if t is None:
+                flat[o:o + n].zero_()
+            else:  # converts to fp32 in the copy, no temporary
+                flat[o:o + n].copy_(t.reshape(-1))
+        flat[sum(self.numels):].zero_()  # the padding up to a multiple of the shards
         return flat
 
     def _gather(self, shard: torch.Tensor) -> torch.Tensor:
@@ -116,7 +124,7 @@ class FlatAdamW:
             grad.div_(scaler.scale)
         if scaler.dynamic and scaler.update(found_inf_anywhere([grad], self.world_group)):
             return {"grad_norm": float("nan"), "skipped": 1.0, "loss_scale": scaler.scale}
-        norm = global_norm(local_squares([grad], [self.count_mask]), self.world_group)
+        norm = global_norm(self._local_squares(grad), self.world_group)
         if max_norm > 0:
             grad.mul_(clip_coefficient(norm, max_norm).to(grad.device))
         self._adamw(grad, lr)
