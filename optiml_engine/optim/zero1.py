@@ -74,9 +74,9 @@ class FlatAdamW:
 
     def _local_squares(self, grad: torch.Tensor) -> torch.Tensor:
         """Sum of squares of the counted ranges: one norm per range, no slice-sized temporary."""
-        norms = torch._foreach_norm([grad[lo:hi] for lo, hi in self.counted])
-        if not norms:
+        if not self.counted:
             return torch.zeros((), dtype=torch.float32, device=grad.device)
+        norms = torch._foreach_norm([grad[lo:hi] for lo, hi in self.counted])
         return torch.stack(norms).double().square().sum().float()
 
     # -- flat <-> parameters ---------------------------------------------------------------

@@ -111,6 +111,32 @@ def test_flat_adamw_and_clip_match_torch():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_flat_adamw_norm_counts_only_the_counted_params_and_still_steps_the_others():
+    """count_weights drops parameters counted on another rank from the norm; count_here=False
+    (a data-parallel replica but the first, without ZeRO) drops all of them. Either way every
+    parameter takes the same AdamW step (no clipping here)."""
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5)) for _ in range(3)]
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
+    counts = [True, False, True, False]  # weight, bias, ln weight, ln bias
+    opts = [FlatAdamW(models[0].parameters(), lr=1e-2, weight_decay=0.1),
+            FlatAdamW(models[1].parameters(), lr=1e-2, weight_decay=0.1, count_weights=counts),
+            FlatAdamW(models[2].parameters(), lr=1e-2, weight_decay=0.1, count_here=False)]
+    x = torch.randn(4, 6)
+    for m in models:
+        (m(x) ** 2).sum().backward()
+    grads = [p.grad.clone() for p in models[0].parameters()]
+    norms = [o.step()["grad_norm"] for o in opts]
+    want = [torch.cat([g.reshape(-1) for g, c in zip(grads, cs, strict=True) if c]).norm()
+            for cs in ([True] * 4, counts)]
+    assert abs(norms[0] - float(want[0])) < 1e-6 * float(want[0])
+    assert abs(norms[1] - float(want[1])) < 1e-6 * float(want[1])
+    assert norms[2] == 0.0
+    for m in models[1:]:
+        for p, q in zip(models[0].parameters(), m.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
 def test_interleaved_order_runs_every_task_once_forward_first():
     pp, v, micro = 2, 3, 4
     layers = sorted(i for r in range(pp) for c in chunk_layer_ranges(12, pp, v, r) for i in c)
