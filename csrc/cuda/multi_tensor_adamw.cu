@@ -1,10 +1,13 @@
 // Multi-tensor mixed-precision AdamW: two launches for any number of tensors.
 //
-// Tensors are reached through device tables of their addresses and split into kChunk-element
-// chunks; block b handles chunk b of the table (tensor index, start), as apex's
-// multi_tensor_apply does. The update reads the found-inf flag on the device and returns at once
-// when it is set, so a skipped step needs no host sync. Explicitly rounded float ops keep results
-// bit-stable under --use_fast_math (setup.py compiles with it).
+// Tensors are split into kChunk-element chunks and block b handles global chunk b, as apex's
+// multi_tensor_apply does. The launch table is per tensor, not per chunk: one int64 row of
+// [first chunk, numel, address of each operand] per tensor, copied to the device in one
+// transfer, and each block finds its tensor by binary search over the first-chunk column. So
+// a step of OPT-1.3B (~390 tensors, ~317k chunks) moves a few KB to the device, not MBs.
+// The update reads the found-inf flag on the device and returns at once when it is set, so a
+// skipped step needs no host sync. Explicitly rounded float ops keep results bit-stable under
+// --use_fast_math (setup.py compiles with it).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -20,44 +23,55 @@ namespace {
 constexpr int kChunk = 4096;
 constexpr int kThreads = 512;
 
-struct ChunkTable {
-  at::Tensor tensor_index;  // int32 [chunks]
-  at::Tensor start;         // int64 [chunks]
-  at::Tensor numel;         // int64 [tensors]
+// Columns of one tensor's row in the launch table; operands absent from a launch are 0.
+enum Column { kFirstChunk = 0, kNumel, kParam, kGrad, kMaster, kExpAvg, kExpAvgSq, kColumns };
+
+struct LaunchTable {
+  at::Tensor rows;  // int64 [tensors, kColumns] on the device
+  int64_t tensors = 0;
   int64_t chunks = 0;
 };
 
-at::Tensor to_device(const std::vector<int64_t>& values, const at::Device& device) {
-  auto host = at::tensor(values, at::TensorOptions().dtype(at::kLong));
-  return host.to(device);
+int64_t address(const at::Tensor& t) {
+  TORCH_CHECK(t.is_cuda() && t.is_contiguous(), "multi-tensor AdamW needs contiguous CUDA tensors");
+  return reinterpret_cast<int64_t>(t.data_ptr());
 }
 
-at::Tensor addresses(const std::vector<at::Tensor>& tensors, const at::Device& device) {
-  std::vector<int64_t> addr;
-  addr.reserve(tensors.size());
-  for (const auto& t : tensors) {
-    TORCH_CHECK(t.is_cuda() && t.is_contiguous(), "multi-tensor AdamW needs contiguous CUDA tensors");
-    addr.push_back(reinterpret_cast<int64_t>(t.data_ptr()));
-  }
-  return to_device(addr, device);
-}
-
-ChunkTable chunk_table(const std::vector<at::Tensor>& tensors, const at::Device& device) {
-  std::vector<int64_t> index, start, numel;
-  for (size_t t = 0; t < tensors.size(); ++t) {
-    const int64_t n = tensors[t].numel();
-    numel.push_back(n);
-    for (int64_t s = 0; s < n; s += kChunk) {
-      index.push_back(static_cast<int64_t>(t));
-      start.push_back(s);
+// `operands[c]` is the list for column c (kParam..kExpAvgSq), empty when unused.
+LaunchTable launch_table(const std::vector<const std::vector<at::Tensor>*>& operands,
+                         const std::vector<at::Tensor>& sized_by, const at::Device& device) {
+  const int64_t n = static_cast<int64_t>(sized_by.size());
+  auto host = at::zeros({n, kColumns}, at::TensorOptions().dtype(at::kLong));
+  auto row = host.accessor<int64_t, 2>();
+  int64_t chunks = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t numel = sized_by[t].numel();
+    row[t][kFirstChunk] = chunks;
+    row[t][kNumel] = numel;
+    chunks += (numel + kChunk - 1) / kChunk;
+    for (size_t c = 0; c < operands.size(); ++c) {
+      const auto* list = operands[c];
+      if (list != nullptr && !list->empty()) {
+        TORCH_CHECK((*list)[t].numel() == numel, "adamw: operands of tensor ", t, " differ in size");
+        row[t][kParam + c] = address((*list)[t]);
+      }
     }
   }
-  ChunkTable table;
-  table.tensor_index = to_device(index, device).to(at::kInt);
-  table.start = to_device(start, device);
-  table.numel = to_device(numel, device);
-  table.chunks = static_cast<int64_t>(index.size());
+  LaunchTable table;
+  table.rows = host.to(device);
+  table.tensors = n;
+  table.chunks = chunks;
   return table;
+}
+
+// The tensor holding global chunk `chunk`: the last row whose first chunk is <= chunk.
+__device__ __forceinline__ int find_tensor(const int64_t* rows, int tensors, int64_t chunk) {
+  int lo = 0, hi = tensors - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (rows[mid * kColumns + kFirstChunk] <= chunk) lo = mid; else hi = mid - 1;
+  }
+  return lo;
 }
 
 __device__ __forceinline__ bool is_finite(float x) {
@@ -65,13 +79,13 @@ __device__ __forceinline__ bool is_finite(float x) {
 }
 
 template <typename grad_t>
-__global__ void non_finite_kernel(const int32_t* chunk_tensor, const int64_t* chunk_start,
-                                  const int64_t* numel, const int64_t* grad_addr,
-                                  const float* inv_scale, float* found_inf) {
-  const int t = chunk_tensor[blockIdx.x];
-  const int64_t start = chunk_start[blockIdx.x];
-  const int64_t end = min(start + static_cast<int64_t>(kChunk), numel[t]);
-  const grad_t* grad = reinterpret_cast<const grad_t*>(grad_addr[t]);
+__global__ void non_finite_kernel(const int64_t* rows, int tensors, const float* inv_scale,
+                                  float* found_inf) {
+  const int t = find_tensor(rows, tensors, blockIdx.x);
+  const int64_t* row = rows + t * kColumns;
+  const int64_t start = (blockIdx.x - row[kFirstChunk]) * kChunk;
+  const int64_t end = min(start + static_cast<int64_t>(kChunk), row[kNumel]);
+  const grad_t* grad = reinterpret_cast<const grad_t*>(row[kGrad]);
   const float scale = *inv_scale;
   bool bad = false;
   for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
@@ -81,22 +95,19 @@ __global__ void non_finite_kernel(const int32_t* chunk_tensor, const int64_t* ch
 }
 
 template <typename param_t, typename grad_t>
-__global__ void adamw_kernel(const int32_t* chunk_tensor, const int64_t* chunk_start,
-                             const int64_t* numel, const int64_t* param_addr,
-                             const int64_t* grad_addr, const int64_t* master_addr,
-                             const int64_t* m_addr, const int64_t* v_addr,
-                             const float* inv_scale, const float* found_inf, float beta1,
-                             float beta2, float eps, float decay, float step_size,
-                             float bc2_sqrt, bool has_master) {
+__global__ void adamw_kernel(const int64_t* rows, int tensors, const float* inv_scale,
+                             const float* found_inf, float beta1, float beta2, float eps,
+                             float decay, float step_size, float bc2_sqrt, bool has_master) {
   if (*found_inf != 0.0f) return;
-  const int t = chunk_tensor[blockIdx.x];
-  const int64_t start = chunk_start[blockIdx.x];
-  const int64_t end = min(start + static_cast<int64_t>(kChunk), numel[t]);
-  param_t* param = reinterpret_cast<param_t*>(param_addr[t]);
-  const grad_t* grad = reinterpret_cast<const grad_t*>(grad_addr[t]);
-  float* master = reinterpret_cast<float*>(has_master ? master_addr[t] : param_addr[t]);
-  float* m = reinterpret_cast<float*>(m_addr[t]);
-  float* v = reinterpret_cast<float*>(v_addr[t]);
+  const int t = find_tensor(rows, tensors, blockIdx.x);
+  const int64_t* row = rows + t * kColumns;
+  const int64_t start = (blockIdx.x - row[kFirstChunk]) * kChunk;
+  const int64_t end = min(start + static_cast<int64_t>(kChunk), row[kNumel]);
+  param_t* param = reinterpret_cast<param_t*>(row[kParam]);
+  const grad_t* grad = reinterpret_cast<const grad_t*>(row[kGrad]);
+  float* master = reinterpret_cast<float*>(has_master ? row[kMaster] : row[kParam]);
+  float* m = reinterpret_cast<float*>(row[kExpAvg]);
+  float* v = reinterpret_cast<float*>(row[kExpAvgSq]);
   const float scale = *inv_scale;
   for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
     const float g = __fmul_rn(static_cast<float>(grad[i]), scale);
@@ -124,14 +135,12 @@ void non_finite_check(const std::vector<at::Tensor>& grads, const at::Tensor& in
   check_scalar(inv_scale, "inv_scale");
   check_scalar(found_inf, "found_inf");
   const c10::cuda::CUDAGuard guard(grads[0].device());
-  const auto device = grads[0].device();
-  const ChunkTable table = chunk_table(grads, device);
-  const at::Tensor grad_addr = addresses(grads, device);
+  const LaunchTable table = launch_table({nullptr, &grads}, grads, grads[0].device());
+  if (table.chunks == 0) return;
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "non_finite_check", [&] {
     non_finite_kernel<scalar_t><<<table.chunks, kThreads, 0, stream>>>(
-        table.tensor_index.data_ptr<int32_t>(), table.start.data_ptr<int64_t>(),
-        table.numel.data_ptr<int64_t>(), grad_addr.data_ptr<int64_t>(),
+        table.rows.data_ptr<int64_t>(), static_cast<int>(table.tensors),
         inv_scale.data_ptr<float>(), found_inf.data_ptr<float>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -153,26 +162,21 @@ void adamw_update(const std::vector<at::Tensor>& params, const std::vector<at::T
   check_scalar(inv_scale, "inv_scale");
   check_scalar(found_inf, "found_inf");
   const c10::cuda::CUDAGuard guard(params[0].device());
-  const auto device = params[0].device();
-  const ChunkTable table = chunk_table(params, device);
-  const at::Tensor param_addr = addresses(params, device);
-  const at::Tensor grad_addr = addresses(grads, device);
-  const at::Tensor master_addr = has_master ? addresses(masters, device) : param_addr;
-  const at::Tensor m_addr = addresses(exp_avgs, device);
-  const at::Tensor v_addr = addresses(exp_avg_sqs, device);
+  const std::vector<at::Tensor> none;
+  const LaunchTable table = launch_table(
+      {&params, &grads, has_master ? &masters : &none, &exp_avgs, &exp_avg_sqs}, params,
+      params[0].device());
+  if (table.chunks == 0) return;
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "adamw_param", [&] {
     using param_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "adamw_grad", [&] {
       using grad_t = scalar_t;
       adamw_kernel<param_t, grad_t><<<table.chunks, kThreads, 0, stream>>>(
-          table.tensor_index.data_ptr<int32_t>(), table.start.data_ptr<int64_t>(),
-          table.numel.data_ptr<int64_t>(), param_addr.data_ptr<int64_t>(),
-          grad_addr.data_ptr<int64_t>(), master_addr.data_ptr<int64_t>(),
-          m_addr.data_ptr<int64_t>(), v_addr.data_ptr<int64_t>(), inv_scale.data_ptr<float>(),
-          found_inf.data_ptr<float>(), static_cast<float>(beta1), static_cast<float>(beta2),
-          static_cast<float>(eps), static_cast<float>(decay), static_cast<float>(step_size),
-          static_cast<float>(bc2_sqrt), has_master);
+          table.rows.data_ptr<int64_t>(), static_cast<int>(table.tensors),
+          inv_scale.data_ptr<float>(), found_inf.data_ptr<float>(), static_cast<float>(beta1),
+          static_cast<float>(beta2), static_cast<float>(eps), static_cast<float>(decay),
+          static_cast<float>(step_size), static_cast<float>(bc2_sqrt), has_master);
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

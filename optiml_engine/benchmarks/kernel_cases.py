@@ -40,7 +40,7 @@ def causal_flops(lengths_per_row: list[list[int]], heads: int, head_dim: int) ->
     return 3.5 * fwd
 
 
-def attention_cases(batch, seq, heads, head_dim, n_examples, dtype, device):
+def attention_cases(batch, seq, heads, head_dim, n_examples, dtype, device, dropout_p=0.0):
     lengths = [example_lengths(seq, n_examples, seed=b) for b in range(batch)]
     doc_ids = torch.stack([torch.repeat_interleave(torch.arange(len(r)), torch.tensor(r))
                            for r in lengths]).to(device)
@@ -55,7 +55,7 @@ def attention_cases(batch, seq, heads, head_dim, n_examples, dtype, device):
             fn().backward(grad)
         return step
 
-    cases = {"sdpa_masked": run(lambda: sdpa_attention(q, k, v, doc_ids))}
+    cases = {"sdpa_masked": run(lambda: sdpa_attention(q, k, v, doc_ids, dropout_p=dropout_p))}
 
     def per_example():
         """What a user without packing support does: each example alone, unpadded."""
@@ -64,7 +64,8 @@ def attention_cases(batch, seq, heads, head_dim, n_examples, dtype, device):
             start = 0
             for n in row:
                 sl = [t[b:b + 1, start:start + n].transpose(1, 2) for t in (q, k, v)]
-                outs.append(F.scaled_dot_product_attention(*sl, is_causal=True))
+                outs.append(F.scaled_dot_product_attention(*sl, is_causal=True,
+                                                           dropout_p=dropout_p))
                 start += n
         return torch.cat([o.transpose(1, 2).reshape(-1) for o in outs])
 
@@ -75,7 +76,8 @@ def attention_cases(batch, seq, heads, head_dim, n_examples, dtype, device):
     dev = torch.device(device)
     for backend in ("triton", "flash_attn"):
         if dev.type == "cuda" and dispatch.backend_available(backend, dev)[0]:
-            cases[backend] = run(lambda b=backend: attention(q, k, v, doc_ids, backend=b))
+            cases[backend] = run(lambda b=backend: attention(q, k, v, doc_ids, backend=b,
+                                                             dropout_p=dropout_p))
     return cases, causal_flops(lengths, heads, head_dim)
 
 

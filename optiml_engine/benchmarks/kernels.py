@@ -52,18 +52,20 @@ def machine() -> str:
 
 def bench_attention(quick: bool) -> list[dict]:
     device, rows = ("cuda", []) if GPU else ("cpu", [])
-    if GPU:
-        configs = [(4, 2048, 16, d, 8, "bf16") for d in (64, 80, 128)]
+    if GPU:  # the sizes, then the cost of attention dropout at one of them
+        configs = [(4, 2048, 16, d, 8, "bf16", 0.0) for d in (64, 80, 128)]
+        configs.append((4, 2048, 16, 64, 8, "bf16", 0.1))
     else:
-        configs = [(1, 1024, 4, 64, 8, "fp32")] if quick else \
-            [(1, 1024, 4, d, 8, "fp32") for d in (64, 80)] + [(1, 2048, 4, 64, 8, "fp32")]
-    for batch, seq, heads, dim, n_ex, dtype in configs:
-        fns, flops = cases.attention_cases(batch, seq, heads, dim, n_ex, DTYPES[dtype], device)
+        configs = [(1, 1024, 4, 64, 8, "fp32", 0.0)] if quick else \
+            [(1, 1024, 4, d, 8, "fp32", 0.0) for d in (64, 80)] + [(1, 2048, 4, 64, 8, "fp32", 0.0)]
+    for batch, seq, heads, dim, n_ex, dtype, drop in configs:
+        fns, flops = cases.attention_cases(batch, seq, heads, dim, n_ex, DTYPES[dtype], device,
+                                           dropout_p=drop)
         for backend, fn in fns.items():
             ms = time_ms(fn)
             rows.append(dict(kernel="attention", backend=backend, shape=f"B{batch} S{seq} H{heads}"
-                             f" D{dim} {n_ex}ex {dtype}", ms=round(ms, 3),
-                             tflops=round(flops / ms / 1e9, 4)))
+                             f" D{dim} {n_ex}ex {dtype}" + (f" dropout {drop}" if drop else ""),
+                             ms=round(ms, 3), tflops=round(flops / ms / 1e9, 4)))
     return rows
 
 

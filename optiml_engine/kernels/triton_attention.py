@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from optiml_engine.kernels import attention_configs as tuning
+
 LOG2E = 1.4426950408889634
 MAX_DROPOUT_SEQ = 46340  # largest S with S * S < 2**31
 
@@ -249,15 +251,24 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, SEG_START, SEED,
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
+# Autotuned entry points (attention_configs.py); the raw kernels serve explicit tile sizes.
+_attn_fwd_tuned = triton.autotune(tuning.FORWARD, key=tuning.TUNE_KEY)(_attn_fwd)
+_attn_bwd_dkdv_tuned = triton.autotune(tuning.BACKWARD_DKDV, key=tuning.TUNE_KEY)(_attn_bwd_dkdv)
+_attn_bwd_dq_tuned = triton.autotune(tuning.BACKWARD_DQ, key=tuning.TUNE_KEY)(_attn_bwd_dq)
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _blocks(head_dim_pad: int, block_m: int | None, block_n: int | None) -> tuple[int, int]:
-    if _interpreting():
-        return block_m or 32, block_n or 32
-    default_n = 64 if head_dim_pad <= 64 else 32
-    return block_m or 64, block_n or default_n
+def _launch(raw, tuned, blocks, rows_per_program: str, s: int, bh: int, args, meta):
+    """Run `raw` with the caller's (BLOCK_M, BLOCK_N), or the autotuned kernel when None."""
+    if blocks is None:
+        tuned[lambda cfg: (triton.cdiv(s, cfg[rows_per_program]), bh)](*args, **meta)
+    else:
+        bm, bn = blocks
+        tile = bm if rows_per_program == "BLOCK_M" else bn
+        raw[(triton.cdiv(s, tile), bh)](*args, BLOCK_M=bm, BLOCK_N=bn, **meta)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -292,11 +303,10 @@ class TritonAttention(torch.autograd.Function):
     """Causal packed-row attention; q, k, v [B, S, H, D] with the last dim contiguous."""
 
     @staticmethod
-    def forward(ctx, q, k, v, seg_start, seg_end, scale, block_m, block_n, dropout_p, seed):
+    def forward(ctx, q, k, v, seg_start, seg_end, scale, blocks, dropout_p, seed):
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         b, s, h, d = q.shape
         d_pad = max(16, triton.next_power_of_2(d))
-        bm, bn = _blocks(d_pad, block_m, block_n)
         out = torch.empty(b, s, h, d, dtype=q.dtype, device=q.device)
         lse = torch.empty(b * h, s, dtype=torch.float32, device=q.device)
         has_docs = seg_start is not None
@@ -304,38 +314,37 @@ class TritonAttention(torch.autograd.Function):
         drop = _dropout_args(dropout_p, s) if has_dropout else (0.0, 1.0)
         prec = "ieee" if q.dtype == torch.float32 else "tf32"
         upcast = _interpreting() and q.dtype == torch.bfloat16
-        _attn_fwd[(triton.cdiv(s, bm), b * h)](
-            q, k, v, out, lse, seg_start if has_docs else lse, seed if has_dropout else lse,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            h, s, d, scale * LOG2E, *drop,
-            HAS_DOCS=has_docs, HAS_DROPOUT=has_dropout, BLOCK_M=bm, BLOCK_N=bn, D_PAD=d_pad,
-            DOT_PREC=prec, UPCAST=upcast)
+        meta = dict(HAS_DOCS=has_docs, HAS_DROPOUT=has_dropout, D_PAD=d_pad, DOT_PREC=prec,
+                    UPCAST=upcast)
+        args = (q, k, v, out, lse, seg_start if has_docs else lse, seed if has_dropout else lse,
+                *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+                h, s, d, scale * LOG2E, *drop)
+        _launch(_attn_fwd, _attn_fwd_tuned, blocks, "BLOCK_M", s, b * h, args, meta)
         ctx.save_for_backward(q, k, v, out, lse, seg_start, seg_end, seed)
-        ctx.cfg = (scale, bm, bn, d_pad, prec, upcast, has_docs, has_dropout, drop)
+        ctx.cfg = (scale, blocks, drop, meta)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse, seg_start, seg_end, seed = ctx.saved_tensors
-        scale, bm, bn, d_pad, prec, upcast, has_docs, has_dropout, drop = ctx.cfg
+        scale, blocks, drop, meta = ctx.cfg
         b, s, h, d = q.shape
         do = grad_out.contiguous()
         # delta_i = sum_d dO_i * O_i: the softmax-backward row term, [B*H, S] like lse. With
         # dropout O is the dropped-out output, which is what the term needs.
         delta = (do.float() * out.float()).sum(-1).permute(0, 2, 1).reshape(b * h, s).contiguous()
         dq, dk, dv = (torch.empty_like(out) for _ in range(3))
-        seed_arg = seed if has_dropout else lse
+        seed_arg = seed if meta["HAS_DROPOUT"] else lse
+        has_docs = meta["HAS_DOCS"]
         common = (*_strides(q), *_strides(k), *_strides(v), *_strides(do),
                   h, s, d, scale * LOG2E, scale, *drop)
-        meta = dict(HAS_DOCS=has_docs, HAS_DROPOUT=has_dropout, BLOCK_M=bm, BLOCK_N=bn,
-                    D_PAD=d_pad, DOT_PREC=prec, UPCAST=upcast)
-        _attn_bwd_dkdv[(triton.cdiv(s, bn), b * h)](
-            q, k, v, do, dk, dv, lse, delta, seg_end if has_docs else lse, seed_arg,
-            *common, **meta)
-        _attn_bwd_dq[(triton.cdiv(s, bm), b * h)](
-            q, k, v, do, dq, lse, delta, seg_start if has_docs else lse, seed_arg,
-            *common, **meta)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        _launch(_attn_bwd_dkdv, _attn_bwd_dkdv_tuned, blocks, "BLOCK_N", s, b * h,
+                (q, k, v, do, dk, dv, lse, delta, seg_end if has_docs else lse, seed_arg,
+                 *common), meta)
+        _launch(_attn_bwd_dq, _attn_bwd_dq_tuned, blocks, "BLOCK_M", s, b * h,
+                (q, k, v, do, dq, lse, delta, seg_start if has_docs else lse, seed_arg,
+                 *common), meta)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def triton_attention(q, k, v, seg_start=None, seg_end=None, scale=None,
@@ -343,6 +352,7 @@ def triton_attention(q, k, v, seg_start=None, seg_end=None, scale=None,
                      dropout_p: float = 0.0, seed: torch.Tensor | None = None):
     """Self-attention (Sq == Sk) over packed rows; seg_start/seg_end from `segment_bounds`.
 
+    Tile sizes are autotuned (attention_configs.py) unless block_m / block_n are given.
     dropout_p > 0 drops attention probabilities; the mask seed is drawn with
     `draw_dropout_seed` unless given. dropout_p == 0 runs the kernels without dropout code and
     draws nothing from the generator.
@@ -352,5 +362,5 @@ def triton_attention(q, k, v, seg_start=None, seg_end=None, scale=None,
         seed = None
     elif seed is None:
         seed = draw_dropout_seed(q.device)
-    return TritonAttention.apply(q, k, v, seg_start, seg_end, scale, block_m, block_n,
-                                 dropout_p, seed)
+    blocks = None if block_m is None and block_n is None else (block_m or 32, block_n or 32)
+    return TritonAttention.apply(q, k, v, seg_start, seg_end, scale, blocks, dropout_p, seed)

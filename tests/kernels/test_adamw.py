@@ -7,7 +7,7 @@ from optiml_engine.kernels.adamw import adamw_step, check_grads
 from optiml_engine.kernels.adamw_optimizer import MixedPrecisionAdamW
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SHAPES = [(1,), (7,), (300,), (33, 40)]  # sizes off the chunk size, one tensor spans chunks
+SHAPES = [(1,), (7,), (300,), (33, 40), (0,)]  # off the chunk size, one empty, one spans chunks
 LRS = [1e-3 * (1 + i) / 10 for i in range(10)]  # a changing lr, as a schedule gives
 HP = dict(beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
 BACKENDS = ["foreach", "torch_fused", "loop", "triton"] + (

@@ -23,9 +23,9 @@ def qkv(b, s, h, d, dtype, seed=0):
             for _ in range(3)]
 
 
-def run_kernel(q, k, v, doc_ids, grad_out):
+def run_kernel(q, k, v, doc_ids, grad_out, block=BLOCK):
     bounds = segment_bounds(doc_ids) if doc_ids is not None else (None, None)
-    out = triton_attention(q, k, v, *bounds, block_m=BLOCK, block_n=BLOCK)
+    out = triton_attention(q, k, v, *bounds, block_m=block, block_n=block)
     out.backward(grad_out)
     return out.detach(), [t.grad for t in (q, k, v)]
 
@@ -144,3 +144,15 @@ def test_real_size_on_gpu(head_dim):
     torch.testing.assert_close(out.float(), ref_out, atol=2e-2, rtol=2e-2)
     for got, want in zip((q.grad, k.grad, v.grad), ref_grads, strict=True):
         torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+
+
+def test_autotuned_tiles_match_sdpa_forward_and_backward():
+    """No tile sizes given: every kernel goes through its autotuner (one config on a CPU)."""
+    doc_ids = doc_ids_from_lengths(ROWS)
+    q, k, v = qkv(2, 76, 2, 80, torch.float32, seed=7)
+    grad_out = torch.randn(2, 76, 2, 80, generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    out, grads = run_kernel(q, k, v, doc_ids, grad_out, block=None)
+    ref_out, ref_grads = run_reference(q, k, v, doc_ids, grad_out)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
