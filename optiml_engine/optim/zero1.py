@@ -8,7 +8,8 @@ master weights and both Adam moments. A step:
      slice, otherwise the slice is everything (gradients were already all-reduced);
   2. unscales (fp16), skips the step if any rank saw inf/NaN, computes the global norm (each
      element counted once, see optim.clip) and clips;
-  3. runs AdamW on the slice (the same operations as torch.optim.AdamW's foreach path);
+  3. runs AdamW on the slice through `kernels.adamw_step` (the backend the recipe's
+     `kernels.adamw` picks), one call per weight-decay group of per-parameter views;
   4. all-gathers the updated slices and copies them into the model's parameters.
 
 Weight decay applies to parameters with 2 or more dimensions (OPT-IML: not biases/LayerNorm).
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from optiml_engine.optim.clip import clip_coefficient, global_norm, local_squares
+from optiml_engine.kernels.adamw import adamw_step
+from optiml_engine.optim.clip import clip_coefficient, global_norm
 from optiml_engine.optim.loss_scaler import ConstantLossScaler, found_inf_anywhere
 from optiml_engine.parallel.mappings import (
     all_gather_into_tensor,
@@ -48,30 +50,46 @@ class FlatAdamW:
         self.padded = self.shard_size * self.shards
         start = self.shard_rank * self.shard_size
         self.start, self.end = start, start + self.shard_size
-        device = self.params[0].device if self.params else torch.device("cpu")
         counts = count_weights if count_weights is not None else [True] * len(self.params)
-        decay = torch.zeros(self.padded, device=device)
-        count = torch.zeros(self.padded, device=device)
-        for p, o, n, c in zip(self.params, self.offsets, self.numels, counts, strict=True):
-            decay[o:o + n] = 1.0 if p.ndim >= 2 else 0.0
-            count[o:o + n] = 1.0 if c else 0.0
-        if not count_here:
-            count.zero_()
-        self.decay_mask = decay[self.start:self.end].clone()
-        self.count_mask = count[self.start:self.end].clone()
         self.master = self._flatten([p.detach() for p in self.params])[self.start:self.end].clone()
         self.exp_avg = torch.zeros_like(self.master)
         self.exp_avg_sq = torch.zeros_like(self.master)
         self.step_count = 0
+        pieces = self._pieces()
+        # The slice ranges whose gradients count in the global norm on this rank.
+        self.counted = [r for i, r in pieces if counts[i] and count_here]
+        self.groups = [(decays, [r for i, r in pieces if (self.params[i].ndim >= 2) == decays])
+                       for decays in (True, False)]
+        self.groups = [(decays, ranges) for decays, ranges in self.groups if ranges]
+
+    def _pieces(self) -> list[tuple[int, tuple[int, int]]]:
+        """(i, (lo, hi)) for each params[i] overlapping this rank's slice: the overlap, in
+        slice coordinates. AdamW runs on (views of) these; padding is never touched."""
+        out = []
+        for i, (o, n) in enumerate(zip(self.offsets, self.numels, strict=True)):
+            lo, hi = max(o, self.start), min(o + n, self.end)
+            if lo < hi:
+                out.append((i, (lo - self.start, hi - self.start)))
+        return out
+
+    def _local_squares(self, grad: torch.Tensor) -> torch.Tensor:
+        """Sum of squares of the counted ranges: one norm per range, no slice-sized temporary."""
+        if not self.counted:
+            return torch.zeros((), dtype=torch.float32, device=grad.device)
+        norms = torch._foreach_norm([grad[lo:hi] for lo, hi in self.counted])
+        return torch.stack(norms).double().square().sum().float()
 
     # -- flat <-> parameters ---------------------------------------------------------------
 
     def _flatten(self, tensors) -> torch.Tensor:
         device = self.params[0].device if self.params else torch.device("cpu")
-        flat = torch.zeros(self.padded, dtype=torch.float32, device=device)
+        flat = torch.empty(self.padded, dtype=torch.float32, device=device)
         for t, o, n in zip(tensors, self.offsets, self.numels, strict=True):
-            if t is not None:
-                flat[o:o + n] = t.reshape(-1).float()
+            if t is None:
+                flat[o:o + n].zero_()
+            else:  # converts to fp32 in the copy, no temporary
+                flat[o:o + n].copy_(t.reshape(-1))
+        flat[sum(self.numels):].zero_()  # the padding up to a multiple of the shards
         return flat
 
     def _gather(self, shard: torch.Tensor) -> torch.Tensor:
@@ -106,7 +124,7 @@ class FlatAdamW:
             grad.div_(scaler.scale)
         if scaler.dynamic and scaler.update(found_inf_anywhere([grad], self.world_group)):
             return {"grad_norm": float("nan"), "skipped": 1.0, "loss_scale": scaler.scale}
-        norm = global_norm(local_squares([grad], [self.count_mask]), self.world_group)
+        norm = global_norm(self._local_squares(grad), self.world_group)
         if max_norm > 0:
             grad.mul_(clip_coefficient(norm, max_norm).to(grad.device))
         self._adamw(grad, lr)
@@ -116,15 +134,16 @@ class FlatAdamW:
         return {"grad_norm": float(norm), "skipped": 0.0, "loss_scale": scaler.scale}
 
     def _adamw(self, grad: torch.Tensor, lr: float) -> None:
-        beta1, beta2 = self.betas
+        """The fp32 masters are the targets (masters=None); the caller already unscaled,
+        clipped and checked the gradients on every rank, so the kernel checks nothing."""
         self.step_count += 1
-        self.master.mul_(1.0 - lr * self.weight_decay * self.decay_mask)
-        self.exp_avg.lerp_(grad, 1.0 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        bias1 = 1.0 - beta1**self.step_count
-        bias2_sqrt = (1.0 - beta2**self.step_count) ** 0.5
-        denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
-        self.master.addcdiv_(self.exp_avg, denom, value=-(lr / bias1))
+        beta1, beta2 = self.betas
+        for decays, ranges in self.groups:
+            master, g, m, v = ([t[lo:hi] for lo, hi in ranges]
+                               for t in (self.master, grad, self.exp_avg, self.exp_avg_sq))
+            adamw_step(master, g, m, v, None, lr=lr, beta1=beta1, beta2=beta2, eps=self.eps,
+                       weight_decay=self.weight_decay if decays else 0.0,
+                       step=self.step_count, check_non_finite=False)
 
     # -- per-parameter state for checkpoints (layout independent) ----------------------------
 

@@ -9,22 +9,27 @@ part (tensor-parallel slices, pipeline stage), and runs steps:
   reduce-scatter) -> sequence-parallel and tied-embedding gradient sums -> unscale, skip on
   inf/NaN, global-norm clip, AdamW on fp32 master weights -> loss reported on every rank.
 
+The loss (kernels.vocab_parallel_cross_entropy) and the AdamW update (kernels.adamw_step, in
+optim/zero1.py) run on the backends the recipe's `kernels:` section picks (kernels.dispatch).
+
 target_tokens counts the loss-mask tokens of the whole global batch (every micro-batch of every
 data-parallel rank), OPT-IML's normalisation, so every layout computes the same loss.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from optiml_engine.errors import OptimlError
+from optiml_engine.kernels.vocab_parallel_cross_entropy import vocab_parallel_cross_entropy
 from optiml_engine.optim.clip import counts_once_over_tp
 from optiml_engine.optim.loss_scaler import build_loss_scaler
 from optiml_engine.optim.zero1 import FlatAdamW
 from optiml_engine.parallel import mappings, state
-from optiml_engine.parallel.cross_entropy import vocab_parallel_masked_cross_entropy
 from optiml_engine.parallel.data_parallel import GradBucketer
 from optiml_engine.parallel.init import Layout, shard_model
 from optiml_engine.parallel.interleaved import run_interleaved
@@ -39,6 +44,19 @@ def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
     if mappings.group_size(group) > 1:
         dist.all_reduce(t, group=group)
     return t
+
+
+def _in_place_identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def tp_all_reduces(group):
+    """The in-place (MAX, SUM) all-reduces over the tensor-parallel group that
+    kernels.vocab_parallel_cross_entropy combines its per-shard statistics with."""
+    if mappings.group_size(group) == 1:
+        return _in_place_identity, _in_place_identity
+    return (partial(dist.all_reduce, op=dist.ReduceOp.MAX, group=group),
+            partial(dist.all_reduce, op=dist.ReduceOp.SUM, group=group))
 
 
 class ParallelEngine:
@@ -90,6 +108,7 @@ class ParallelEngine:
         self.bucketer = None if zero1 else GradBucketer(params, state.dp_group(),
                                                         parallel.bucket_mb)
         self.scaler = build_loss_scaler(precision)
+        self.tp_reduce_max, self.tp_reduce_sum = tp_all_reduces(state.tp_group())
         self.device = params[0].device
 
     # -- forward of this stage ----------------------------------------------------------------
@@ -115,9 +134,9 @@ class ParallelEngine:
         else:
             h = mappings.copy_to_tp_region(h)
         logits = F.linear(h, dec.embed_tokens.weight)
-        return vocab_parallel_masked_cross_entropy(
+        return vocab_parallel_cross_entropy(
             logits, batch["labels"], batch["loss_mask"],
-            getattr(dec.embed_tokens, "vocab_start", 0), state.tp_group())
+            getattr(dec.embed_tokens, "vocab_start", 0), self.tp_reduce_max, self.tp_reduce_sum)
 
     def activation_shape(self, batch) -> tuple[int, int, int]:
         b, s = batch["tokens"].shape

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -56,3 +57,45 @@ def test_parallel_trainer_matches_single_process_trainer(tmp_path):
     assert len(resumed) == 2
     for got, ref in zip(resumed, reference[2:], strict=True):
         assert abs(got["loss"] - ref["loss"]) / ref["loss"] < 1e-5
+
+
+@pytest.mark.slow
+def test_parallel_trainer_takes_its_kernels_from_the_dispatcher(tmp_path, monkeypatch, capsys):
+    """The recipe's kernels section is adopted and logged once at start, and a step runs the
+    loss and the optimizer through the kernels' entry points (one adamw_step per weight-decay
+    group; the engine's CE is kernels.vocab_parallel_cross_entropy)."""
+    pytest.importorskip("optiml_engine._C")
+    from optiml_engine.kernels import dispatch
+    from optiml_engine.optim import zero1
+    from optiml_engine.parallel import engine, state
+
+    monkeypatch.setattr(dispatch, "_defaults", dict(dispatch._defaults))
+    monkeypatch.setattr(dispatch, "_logged", set())
+    calls = {"adamw": [], "ce": 0}
+
+    def spy_adamw(*args, **kw):
+        calls["adamw"].append(kw["weight_decay"])
+        return adamw_step(*args, **kw)
+
+    def spy_ce(*args, **kw):
+        calls["ce"] += 1
+        return vocab_ce(*args, **kw)
+
+    adamw_step, vocab_ce = zero1.adamw_step, engine.vocab_parallel_cross_entropy
+    monkeypatch.setattr(zero1, "adamw_step", spy_adamw)
+    monkeypatch.setattr(engine, "vocab_parallel_cross_entropy", spy_ce)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(RECIPE)
+    recipe = load_recipe(path, ["train.steps=1", "kernels.cross_entropy=torch"])
+    had_grid = state.is_initialized()
+    try:
+        trainer_worker.ParallelTrainer(recipe, verbose=True).fit()
+    finally:
+        if not had_grid:
+            state.destroy()
+    want = dispatch.resolve_all(recipe.kernels, "cuda" if torch.cuda.is_available() else "cpu")
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("kernels: ")]
+    assert lines == ["kernels: " + ", ".join(f"{k} {v}" for k, v in want.items())]
+    assert dispatch.requested_backend("cross_entropy", None) == "torch"
+    assert sorted(calls["adamw"]) == [0.0, recipe.optim.weight_decay]  # one step, two groups
+    assert calls["ce"] == 4  # 8 samples in micro-batches of 2

@@ -8,11 +8,12 @@ from torch import nn
 
 from optiml_engine.errors import OptimlError
 from optiml_engine.kernels.cross_entropy import masked_cross_entropy
+from optiml_engine.kernels.vocab_parallel_cross_entropy import vocab_parallel_cross_entropy
 from optiml_engine.optim.clip import clip_grad_norm_
 from optiml_engine.optim.loss_scaler import DynamicLossScaler
 from optiml_engine.optim.zero1 import FlatAdamW
 from optiml_engine.parallel import state
-from optiml_engine.parallel.cross_entropy import vocab_parallel_masked_cross_entropy
+from optiml_engine.parallel.engine import tp_all_reduces
 from optiml_engine.parallel.interleaved import chunk_layer_ranges, interleaved_order
 from optiml_engine.parallel.pipeline import stage_layer_range
 from optiml_engine.parallel.random import checkpoint, get_rng_tracker, model_parallel_seed
@@ -34,12 +35,14 @@ def test_stage_layer_ranges_cover_every_layer_once():
     assert [list(r) for r in ranges] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
 
 
-def test_vocab_parallel_ce_on_one_rank_equals_the_reference():
+def test_engine_loss_on_one_rank_equals_the_reference():
+    """The engine's loss path (kernels' vocab-parallel CE with the engine's all-reduces, which
+    are the identity without a tensor-parallel group) against the plain masked CE."""
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 11, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 11, (2, 5))
     mask = (torch.rand(2, 5) < 0.6).float()
-    got = vocab_parallel_masked_cross_entropy(logits, targets, mask)
+    got = vocab_parallel_cross_entropy(logits, targets, mask, 0, *tp_all_reduces(None))
     (g_got,) = torch.autograd.grad(got, logits)
     want = masked_cross_entropy(logits, targets, mask)
     (g_want,) = torch.autograd.grad(want, logits)
@@ -107,6 +110,32 @@ def test_flat_adamw_and_clip_match_torch():
     for p, q in zip(ref.parameters(), mine.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
+
+def test_flat_adamw_norm_counts_only_the_counted_params_and_still_steps_the_others():
+    """count_weights drops parameters counted on another rank from the norm; count_here=False
+    (a data-parallel replica but the first, without ZeRO) drops all of them. Either way every
+    parameter takes the same AdamW step (no clipping here)."""
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5)) for _ in range(3)]
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
+    counts = [True, False, True, False]  # weight, bias, ln weight, ln bias
+    opts = [FlatAdamW(models[0].parameters(), lr=1e-2, weight_decay=0.1),
+            FlatAdamW(models[1].parameters(), lr=1e-2, weight_decay=0.1, count_weights=counts),
+            FlatAdamW(models[2].parameters(), lr=1e-2, weight_decay=0.1, count_here=False)]
+    x = torch.randn(4, 6)
+    for m in models:
+        (m(x) ** 2).sum().backward()
+    grads = [p.grad.clone() for p in models[0].parameters()]
+    norms = [o.step()["grad_norm"] for o in opts]
+    want = [torch.cat([g.reshape(-1) for g, c in zip(grads, cs, strict=True) if c]).norm()
+            for cs in ([True] * 4, counts)]
+    assert abs(norms[0] - float(want[0])) < 1e-6 * float(want[0])
+    assert abs(norms[1] - float(want[1])) < 1e-6 * float(want[1])
+    assert norms[2] == 0.0
+    for m in models[1:]:
+        for p, q in zip(models[0].parameters(), m.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 def test_interleaved_order_runs_every_task_once_forward_first():
     pp, v, micro = 2, 3, 4
