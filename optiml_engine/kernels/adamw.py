@@ -31,13 +31,18 @@ def _as_tensor(x, device) -> torch.Tensor:
     return torch.tensor(float(x), dtype=torch.float32, device=device)
 
 
-def _unscaled_fp32(grads, inv_scale, found_inf=None):
+def _is_unit(inv_scale) -> bool:
+    """inv_scale is the number 1 (a tensor is never assumed to be: reading it would sync)."""
+    return not isinstance(inv_scale, torch.Tensor) and float(inv_scale) == 1.0
+
+
+def _unscaled_fp32(grads, inv_scale, found_inf=None, unit=False):
     """fp32 grads * inv_scale; with found_inf, also flags any inf/NaN there (GradScaler's op).
 
-    The caller's grads keep their values: when they are fp32 and inv_scale is 1 they are used
-    as they are (the check multiplies them by exactly 1), otherwise fp32 copies are made.
+    The caller's grads keep their values: when they are fp32 and `unit` (inv_scale is 1) they
+    are used as they are (the check multiplies them by exactly 1), otherwise fp32 copies are
+    made.
     """
-    unit = inv_scale.item() == 1.0
     if unit and all(g.dtype == torch.float32 for g in grads):
         g32 = list(grads)
     else:
@@ -49,15 +54,15 @@ def _unscaled_fp32(grads, inv_scale, found_inf=None):
     return g32
 
 
-def _checked_fp32(grads, inv_scale, found_inf, check):
+def _checked_fp32(grads, inv_scale, found_inf, check, unit):
     """Unscaled fp32 gradients, or None when a non-finite one means the step is skipped."""
-    g32 = _unscaled_fp32(grads, inv_scale, found_inf if check else None)
+    g32 = _unscaled_fp32(grads, inv_scale, found_inf if check else None, unit)
     return None if found_inf.item() else g32
 
 
 def _foreach_step(params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_scale, found_inf,
                   check):
-    g32 = _checked_fp32(grads, inv_scale, found_inf, check)
+    g32 = _checked_fp32(grads, inv_scale, found_inf, check, hp["unit_scale"])
     if g32 is None:
         return
     targets = masters if masters is not None else params
@@ -80,7 +85,7 @@ def _torch_fused_step(params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_sca
     It reads found_inf itself, so a skipped step needs no host sync; it wants fp32 grads like
     its fp32 targets, and its own unscaling would write into them, so it gets ours instead.
     """
-    g32 = _unscaled_fp32(grads, inv_scale, found_inf if check else None)
+    g32 = _unscaled_fp32(grads, inv_scale, found_inf if check else None, hp["unit_scale"])
     targets = masters if masters is not None else params
     steps = [torch.full((), float(hp["step"]), device=targets[0].device)] * len(targets)
     torch._fused_adamw_(targets, g32, exp_avgs, exp_avg_sqs, [], steps, lr=hp["lr"],
@@ -113,7 +118,7 @@ def _apex_step(params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv_scale, fou
     import amp_C
     from apex.multi_tensor_apply import multi_tensor_applier
 
-    g32 = _checked_fp32(grads, inv_scale, found_inf, check)
+    g32 = _checked_fp32(grads, inv_scale, found_inf, check, hp["unit_scale"])
     if g32 is None:
         return
     targets = masters if masters is not None else params
@@ -169,7 +174,7 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, masters=None, *, lr: float,
     found_inf = torch.zeros((), device=device) if found_inf is None else found_inf
     hp = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
               decay=1.0 - lr * weight_decay, step_size=lr / (1.0 - beta1**step),
-              bc2_sqrt=math.sqrt(1.0 - beta2**step))
+              bc2_sqrt=math.sqrt(1.0 - beta2**step), unit_scale=_is_unit(inv_scale))
     inv = _as_tensor(inv_scale, device)
     args = (params, grads, masters, exp_avgs, exp_avg_sqs, hp, inv, found_inf, check_non_finite)
     if backend in ("cuda", "triton"):
@@ -196,5 +201,5 @@ def check_grads(grads, inv_scale, found_inf: torch.Tensor, backend: str | None =
         for same in by_dtype.values():
             ops.non_finite_check(same, inv, found_inf)
     else:
-        _unscaled_fp32(grads, inv, found_inf)
+        _unscaled_fp32(grads, inv, found_inf, _is_unit(inv_scale))
     return found_inf
