@@ -6,6 +6,9 @@ demonstrations come from the task's demonstration pool and never include the que
 
 Deterministic (greedy, fixed demonstration draws) and resumable: each (task, shots) pair is written
 to `OUT/tasks/` as soon as it finishes, and a rerun with the same settings skips those files.
+
+Under torchrun (WORLD_SIZE > 1) each rank holds only its part of a `--tp x --pp` layout and the
+data-parallel replicas split the tasks (eval/distributed.py); rank 0 writes the same files.
 """
 
 from __future__ import annotations
