@@ -6,6 +6,9 @@ demonstrations come from the task's demonstration pool and never include the que
 
 Deterministic (greedy, fixed demonstration draws) and resumable: each (task, shots) pair is written
 to `OUT/tasks/` as soon as it finishes, and a rerun with the same settings skips those files.
+
+Under torchrun (WORLD_SIZE > 1) each rank holds only its part of a `--tp x --pp` layout and the
+data-parallel replicas split the tasks (eval/distributed.py); rank 0 writes the same files.
 """
 
 from __future__ import annotations
@@ -129,66 +132,118 @@ def _fingerprint(checkpoint: str, bench: str, settings: EvalSettings) -> dict:
     return {"checkpoint": str(checkpoint), "bench": str(bench), **fields}
 
 
-def run_eval(model, tokenizer, suite: list[EvalTask], settings: EvalSettings, out_dir,
-             fingerprint: dict | None = None, render=_default_render,
-             show_progress: bool = True) -> list[dict]:
-    """Every (task, shots) pair of `suite`, resuming from what `out_dir/tasks` already holds."""
-    from tqdm.auto import tqdm
+class OneProcess:
+    """How `run_eval` shares work: here, alone. `eval/distributed.py` has the torchrun version
+    (the replicas split the pairs; rank 0 decides, gathers and writes the report)."""
 
-    out = Path(out_dir)
+    writer = True  # writes this process's finished task files
+    shows_progress = True
+    is_main = True  # writes the report and prints
+
+    @staticmethod
+    def load_model(path: str, device: str):
+        return load_model(path, device)
+
+    @staticmethod
+    def init_model(config, seed: int, device: str):
+        """The same architecture untrained: OPT's initialisation from `seed`."""
+        from optiml_engine.model import OPTForCausalLM
+
+        torch.manual_seed(seed)
+        return OPTForCausalLM(config).to(device).eval()
+
+    def close(self) -> None:
+        pass
+
+    def agree(self, decide):
+        """`decide()` run once, its answer (or OptimlError) the same on every rank."""
+        return decide()
+
+    def mine(self, pending: list[int]) -> list[int]:
+        """The pending (task, shots) pairs this process evaluates."""
+        return pending
+
+    def collect(self, finished: dict[int, list]) -> dict[int, list] | None:
+        """Every process's finished pairs, on the process that reports (None elsewhere)."""
+        return finished
+
+
+def _start_run(out: Path, fingerprint: dict, paths: list[Path]) -> list[bool]:
+    """Refuse another run's directory, record this one's settings; which pairs are done."""
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / "run.json"
-    fingerprint = fingerprint or {}
     if run_file.is_file() and (out / "tasks").is_dir():
         previous = json.loads(run_file.read_text())
         if previous != fingerprint:
             raise OptimlError(str(run_file), "this directory holds a run with other settings",
                               "use another --out, or delete it to start over")
     run_file.write_text(json.dumps(fingerprint, indent=1))
+    return [path.is_file() for path in paths]
 
-    model.eval()
+
+def run_eval(model, tokenizer, suite: list[EvalTask], settings: EvalSettings, out_dir,
+             fingerprint: dict | None = None, render=_default_render,
+             show_progress: bool = True, ranks=None) -> list[dict] | None:
+    """Every (task, shots) pair of `suite`, resuming from what `out_dir/tasks` already holds.
+    `ranks` (default: one process) shares the pairs out; None is returned where it collects
+    nothing (the other ranks of a distributed run)."""
+    from tqdm.auto import tqdm
+
+    ranks = ranks or OneProcess()
+    out = Path(out_dir)
     pairs = [(et, shots, _task_file(out, et, shots)) for shots in settings.shots for et in suite]
-    total = sum(min(len(et.instances), settings.max_instances)
-                for et, _, path in pairs if not path.is_file())
-    records: list[dict] = []
-    bar = tqdm(total=total, unit="ex", disable=not show_progress, dynamic_ncols=True)
+    done = ranks.agree(lambda: _start_run(out, fingerprint or {}, [p for *_, p in pairs]))
+    todo = ranks.mine([i for i, finished in enumerate(done) if not finished])
+    model.eval()
+    total = sum(min(len(pairs[i][0].instances), settings.max_instances) for i in todo)
+    finished: dict[int, list] = {}
+    bar = tqdm(total=total, unit="ex", disable=not (show_progress and ranks.shows_progress),
+               dynamic_ncols=True)
     try:
-        for et, shots, path in pairs:
-            if path.is_file():  # finished by an earlier run
-                records += json.loads(path.read_text())
-                continue
+        for i in todo:
+            et, shots, path = pairs[i]
             bar.set_description(f"{et.name[:40]} {shots}-shot")
-            task_records = evaluate_task(model, tokenizer, et, shots, settings, render, bar)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(task_records, ensure_ascii=False))
-            tmp.replace(path)  # a crash never leaves a half-written task behind
-            records += task_records
+            finished[i] = evaluate_task(model, tokenizer, et, shots, settings, render, bar)
+            if ranks.writer:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(finished[i], ensure_ascii=False))
+                tmp.replace(path)  # a crash never leaves a half-written task behind
     finally:
         bar.close()
+    collected = ranks.collect(finished)
+    if collected is None:
+        return None
+    records: list[dict] = []
+    for i, (_, _, path) in enumerate(pairs):  # finished by an earlier run, or by this one
+        records += json.loads(path.read_text()) if done[i] else collected[i]
     return records
+
+
+def checkpoint_source(path: str) -> tuple[str, Path, str]:
+    """("hf", directory, tokenizer spec) for a Hugging Face OPT directory, or ("engine", step
+    directory, spec) for an engine checkpoint (a checkpoint.dir: its latest step)."""
+    from optiml_engine.training import checkpoint as ckpt
+
+    p = Path(path)
+    if (p / "config.json").is_file():
+        has_bpe = (p / "tokenizer.json").is_file() or (p / "vocab.json").is_file()
+        return "hf", p, str(p) if has_bpe else "byte"
+    if p.exists():
+        step = p if ckpt.is_complete(p) else (ckpt.latest_checkpoint(p) or p)
+        recipe = ckpt.read_meta(step).get("recipe") or {}
+        return "engine", step, recipe.get("data", {}).get("tokenizer", "byte")
+    raise OptimlError(f"--checkpoint {path}", "not found",
+                      "pass an engine checkpoint directory or a Hugging Face OPT directory")
 
 
 def load_model(path: str, device: str = "cpu"):
     """(model, tokenizer spec) from a Hugging Face OPT directory or an engine checkpoint."""
     from optiml_engine.model import OPTForCausalLM
+    from optiml_engine.model.convert import load_engine_model
 
-    p = Path(path)
-    if (p / "config.json").is_file():
-        model = OPTForCausalLM.from_hf(p)
-        has_bpe = (p / "tokenizer.json").is_file() or (p / "vocab.json").is_file()
-        spec = str(p) if has_bpe else "byte"
-    elif p.exists():
-        from optiml_engine.model.convert import load_engine_model
-        from optiml_engine.training import checkpoint as ckpt
-
-        model = load_engine_model(p)
-        meta_dir = p if ckpt.is_complete(p) else (ckpt.latest_checkpoint(p) or p)
-        recipe = ckpt.read_meta(meta_dir).get("recipe") or {}
-        spec = recipe.get("data", {}).get("tokenizer", "byte")
-    else:
-        raise OptimlError(f"--checkpoint {path}", "not found",
-                          "pass an engine checkpoint directory or a Hugging Face OPT directory")
+    kind, where, spec = checkpoint_source(path)
+    model = OPTForCausalLM.from_hf(where) if kind == "hf" else load_engine_model(where)
     return model.to(device).eval(), spec
 
 
@@ -221,12 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="also evaluate this model (a checkpoint, an HF directory, or "
                    "'init': the same architecture untrained) and print both tables side by side")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tp", type=int, help="under torchrun: tensor-parallel ranks per model "
+                   "replica (default: the processes / --pp)")
+    p.add_argument("--pp", type=int, default=1, help="under torchrun: pipeline stages")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from optiml_engine.data.tokenizer import load_tokenizer
-    from optiml_engine.eval.report import group_table, side_by_side
+    """One process, or under torchrun (WORLD_SIZE > 1) each rank's part of a --tp x --pp
+    layout (eval/distributed.py); rank 0 alone writes and prints."""
+    from optiml_engine.eval import distributed
 
     args = build_parser().parse_args(argv)
     settings = EvalSettings(shots=_parse_shots(args.shots), max_new_tokens=args.max_new_tokens,
@@ -238,7 +297,22 @@ def main(argv: list[str] | None = None) -> int:
         suite = [et for et in suite if et.level in keep]
     if not suite:
         raise OptimlError(f"--bench {args.bench}", "no evaluation tasks", "check the bench/levels")
-    model, spec = load_model(args.checkpoint, args.device)
+    for path in (args.checkpoint, args.baseline):  # fail fast, before any process group
+        if path and path != "init":
+            checkpoint_source(path)
+    ranks = (distributed.DistributedEval(args.tp, args.pp, args.device)
+             if distributed.launched() else OneProcess())
+    try:
+        return _evaluate_all(args, settings, suite, ranks)
+    finally:
+        ranks.close()
+
+
+def _evaluate_all(args, settings, suite, ranks) -> int:
+    from optiml_engine.data.tokenizer import load_tokenizer
+    from optiml_engine.eval.report import group_table, side_by_side
+
+    model, spec = ranks.load_model(args.checkpoint, args.device)
     tokenizer = load_tokenizer(args.tokenizer or spec)
     if Path(args.tokenizer or spec).is_dir():
         try:  # the official xlingual ROUGE-L tokens are GPT-2 BPE, as OPT's tokenizer is
@@ -246,32 +320,36 @@ def main(argv: list[str] | None = None) -> int:
         except OptimlError:
             pass
     summary = _evaluate_and_report(model, tokenizer, suite, settings, args.checkpoint, args,
-                                   Path(args.out))
-    print(group_table(summary, "level"))
+                                   Path(args.out), ranks)
+    reports = ranks.is_main  # under torchrun, rank 0 alone
+    if reports:
+        print(group_table(summary, "level"))
     if args.baseline:
         if args.baseline == "init":
-            from optiml_engine.model import OPTForCausalLM
-
-            torch.manual_seed(args.seed)
-            base = OPTForCausalLM(model.config).to(args.device).eval()
+            base = ranks.init_model(model.config, args.seed, args.device)
         else:
-            base, _ = load_model(args.baseline, args.device)
+            base, _ = ranks.load_model(args.baseline, args.device)
         base_summary = _evaluate_and_report(base, tokenizer, suite, settings, args.baseline, args,
-                                            Path(args.out) / "baseline")
-        table = side_by_side({"baseline": base_summary, "model": summary})
-        with (Path(args.out) / "report.md").open("a") as f:
-            f.write(f"\n## Against the baseline ({args.baseline})\n\n{table}\n")
-        print(table)
-    print(f"wrote {Path(args.out) / 'report.md'}")
+                                            Path(args.out) / "baseline", ranks)
+        if reports:
+            table = side_by_side({"baseline": base_summary, "model": summary})
+            with (Path(args.out) / "report.md").open("a") as f:
+                f.write(f"\n## Against the baseline ({args.baseline})\n\n{table}\n")
+            print(table)
+    if reports:
+        print(f"wrote {Path(args.out) / 'report.md'}")
     return 0
 
 
-def _evaluate_and_report(model, tokenizer, suite, settings, checkpoint, args, out: Path) -> dict:
+def _evaluate_and_report(model, tokenizer, suite, settings, checkpoint, args, out: Path,
+                         ranks=None) -> dict | None:
     from optiml_engine.eval.report import load_history, write_report
 
     start = time.time()
     fingerprint = _fingerprint(checkpoint, args.bench, settings)
-    records = run_eval(model, tokenizer, suite, settings, out, fingerprint)
+    records = run_eval(model, tokenizer, suite, settings, out, fingerprint, ranks=ranks)
+    if records is None:  # another rank reports
+        return None
     suite_key = json.dumps(sorted((et.level, et.name, len(et.instances)) for et in suite))
     meta = {**fingerprint, "shots": list(settings.shots), "instances": len(records),
             "seconds": round(time.time() - start, 1),

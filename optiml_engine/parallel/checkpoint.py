@@ -60,10 +60,15 @@ def as_global(t: torch.Tensor, dim: int | None):
                               .stride())
 
 
+def model_state(model) -> dict:
+    """This rank's weights under their full-model names, as DCP saves or loads them."""
+    return {n: _global(p.data, p) for n, p in model.named_parameters()}
+
+
 def engine_state(engine, with_optimizer: bool = True) -> dict:
     """The nested state dict DCP saves or loads in place (fresh tensors for the optimizer)."""
     named = list(engine.model.named_parameters())
-    out = {"model": {n: _global(p.data, p) for n, p in named}}
+    out = {"model": model_state(engine.model)}
     if with_optimizer:
         per_param = engine.optimizer.param_states()
         out["optim"] = {"state": {
@@ -125,10 +130,8 @@ def load(engine, path) -> dict:
     if "master" in sd and not meta.get("has_master"):
         del sd["master"]  # saved from an fp32 model: the weights are the master weights
     dcp.load(sd, checkpoint_id=str(path), process_group=state.world_group())
+    _copy_weights(engine.model, sd["model"])
     named = list(engine.model.named_parameters())
-    with torch.no_grad():
-        for n, p in named:
-            p.copy_(_local(sd["model"][n]))
     if with_optim:
         states = []
         for n, p in named:
@@ -141,4 +144,22 @@ def load(engine, path) -> dict:
         engine.optimizer.load_param_states(
             [{"master": p.detach().float(), "exp_avg": torch.zeros_like(p, dtype=torch.float32),
               "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32)} for _, p in named], 0)
+    return meta
+
+
+def _copy_weights(model, loaded: dict) -> None:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(_local(loaded[n]))
+
+
+def load_weights(model, path) -> dict:
+    """Only the weights of a checkpoint (saved under any layout, or by one process) into this
+    rank's part of `model`, sharded under the current grid: what evaluation needs, with no
+    optimizer to build. Returns the checkpoint's meta."""
+    path = Path(path)
+    meta = ckpt.read_meta(path)
+    sd = {"model": model_state(model)}
+    dcp.load(sd, checkpoint_id=str(path), process_group=state.world_group())
+    _copy_weights(model, sd["model"])
     return meta
