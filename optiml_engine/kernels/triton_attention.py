@@ -66,6 +66,21 @@ def _keep_mask_kernel(SEED, KEEP, S, dropout_p, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _key_range(SEG_START, b, S, pid_m, offs_m, row_ok, HAS_DOCS: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For a query tile: each row's example start, and the key range [lo, hi) worth visiting
+    (from the tile-aligned first start among its rows up to the diagonal)."""
+    if HAS_DOCS:
+        start = tl.load(SEG_START + b * S + offs_m, mask=row_ok, other=S)
+        lo = (tl.min(start, axis=0) // BLOCK_N) * BLOCK_N
+    else:
+        start = tl.zeros([BLOCK_M], dtype=tl.int32)
+        lo = 0
+    hi = tl.minimum((pid_m + 1) * BLOCK_M, S)
+    return start, lo, hi
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, OUT, LSE, SEG_START, SEED,
               sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
               H, S, D, qk_scale, dropout_p, drop_scale,
@@ -82,13 +97,7 @@ def _attn_fwd(Q, K, V, OUT, LSE, SEG_START, SEED,
     d_ok = offs_d < D
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    if HAS_DOCS:
-        start = tl.load(SEG_START + b * S + offs_m, mask=row_ok, other=S)
-        lo = (tl.min(start, axis=0) // BLOCK_N) * BLOCK_N
-    else:
-        start = tl.zeros([BLOCK_M], dtype=tl.int32)
-        lo = 0
-    hi = tl.minimum((pid_m + 1) * BLOCK_M, S)
+    start, lo, hi = _key_range(SEG_START, b, S, pid_m, offs_m, row_ok, HAS_DOCS, BLOCK_M, BLOCK_N)
     if HAS_DROPOUT:
         seed = tl.load(SEED)
 
@@ -218,13 +227,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, SEG_START, SEED,
                  mask=q_mask, other=0.0)
     lse = tl.load(LSE + pid_bh * S + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + pid_bh * S + offs_m, mask=row_ok, other=0.0)
-    if HAS_DOCS:
-        start = tl.load(SEG_START + b * S + offs_m, mask=row_ok, other=S)
-        lo = (tl.min(start, axis=0) // BLOCK_N) * BLOCK_N
-    else:
-        start = tl.zeros([BLOCK_M], dtype=tl.int32)
-        lo = 0
-    hi = tl.minimum((pid_m + 1) * BLOCK_M, S)
+    start, lo, hi = _key_range(SEG_START, b, S, pid_m, offs_m, row_ok, HAS_DOCS, BLOCK_M, BLOCK_N)
     if HAS_DROPOUT:
         seed = tl.load(SEED)
 
