@@ -69,6 +69,13 @@ def _prompt_ids(tokenizer, source: str, max_len: int) -> list[int]:
                                                                                   *ids]
 
 
+def _fit_options(option_ids: list[list[int]], prompt_len: int, max_pos: int) -> list[list[int]]:
+    """Options cut to their first tokens only where prompt + option cannot fit the positions
+    and the option would leave the prompt less than half of them; otherwise unchanged."""
+    limit = max_pos - min(prompt_len, max_pos // 2)
+    return [ids[:limit] for ids in option_ids]
+
+
 def evaluate_task(model, tokenizer, et: EvalTask, shots: int, settings: EvalSettings,
                   render=_default_render, progress=None) -> list[dict]:
     """Score `et`'s first `max_instances` instances with `shots` demonstrations; one record each."""
@@ -87,7 +94,8 @@ def evaluate_task(model, tokenizer, et: EvalTask, shots: int, settings: EvalSett
         with_options = [i for i in batch if instances[i].options]
         free = [i for i in batch if not instances[i].options]
         if with_options:
-            option_ids = [[tokenizer.encode(" " + o) for o in instances[i].options]
+            option_ids = [_fit_options([tokenizer.encode(" " + o) for o in instances[i].options],
+                                       len(tokenizer.encode(rendered[i][0])) + 1, max_pos)
                           for i in with_options]
             prompts = [_prompt_ids(tokenizer, rendered[i][0], max_pos - max(map(len, opts)))
                        for i, opts in zip(with_options, option_ids, strict=True)]

@@ -108,6 +108,26 @@ def test_long_prompts_are_cut_from_the_left(model):
     assert len(recs) == 2 and all(r["kind"] == "generate" for r in recs)
 
 
+def test_options_longer_than_the_positions_are_cut_to_fit(model):
+    """Options of 100 bytes against 64 positions: each keeps its first 32 tokens, the prompt the
+    other half, and the option that differs first wins, as scoring the cut options would say."""
+    from optiml_engine.eval.harness import _fit_options, _prompt_ids
+    from optiml_engine.eval.scoring import score_options
+
+    options = ["a" * 99 + "b", "c" * 100]
+    task = _task("taskO", "cat", 2, options=options)
+    tok = ByteTokenizer()
+    recs = evaluate_task(model, tok, EvalTask(task, "heldout_category", task.instances), 0,
+                         EvalSettings())
+    assert [r["kind"] for r in recs] == ["rank", "rank"]
+    source, _ = render(task, task.instances[0], shots=0, seed=0, pool=None)
+    cut = _fit_options([tok.encode(" " + o) for o in options], len(tok.encode(source)) + 1, 64)
+    assert [len(o) for o in cut] == [32, 32]
+    want = score_options(model, [_prompt_ids(tok, source, 32)], [cut], tok.pad_id)[0]
+    assert recs[0]["log_likelihoods"] == pytest.approx(want.log_likelihoods, rel=1e-6)
+    assert _fit_options([[1] * 10], 20, 64) == [[1] * 10]  # fits: untouched
+
+
 def test_synthetic_layout_levels_are_disjoint():
     suite = synthetic_suite(0, 10)
     by_level = {}
