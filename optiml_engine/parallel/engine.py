@@ -9,8 +9,10 @@ part (tensor-parallel slices, pipeline stage), and runs steps:
   reduce-scatter) -> sequence-parallel and tied-embedding gradient sums -> unscale, skip on
   inf/NaN, global-norm clip, AdamW on fp32 master weights -> loss reported on every rank.
 
-The loss (kernels.vocab_parallel_cross_entropy) and the AdamW update (kernels.adamw_step, in
-optim/zero1.py) run on the backends the recipe's `kernels:` section picks (kernels.dispatch).
+The loss (kernels.linear_cross_entropy over vocabulary shards, chunk by chunk of target tokens,
+so the logits never exist in full; or kernels.vocab_parallel_cross_entropy on full logits when
+loss_chunk_tokens is 0) and the AdamW update (kernels.adamw_step, in optim/zero1.py) run on the
+backends the recipe's `kernels:` section picks (kernels.dispatch).
 
 target_tokens counts the loss-mask tokens of the whole global batch (every micro-batch of every
 data-parallel rank), OPT-IML's normalisation, so every layout computes the same loss.
@@ -25,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from optiml_engine.errors import OptimlError
+from optiml_engine.kernels.linear_cross_entropy import DEFAULT_CHUNK, linear_cross_entropy
 from optiml_engine.kernels.vocab_parallel_cross_entropy import vocab_parallel_cross_entropy
 from optiml_engine.optim.clip import counts_once_over_tp
 from optiml_engine.optim.loss_scaler import build_loss_scaler
@@ -61,12 +64,12 @@ def tp_all_reduces(group):
 
 class ParallelEngine:
     def __init__(self, model, parallel, optim, precision, seed: int = 0, init=None,
-                 device=None):
+                 device=None, loss_chunk_tokens: int = DEFAULT_CHUNK):
         """parallel, optim, precision: the recipe's ParallelConfig, OptimConfig,
-        PrecisionConfig. The grid (parallel.state) must be initialised, or absent for 1 rank.
-        A model on the meta device is sharded there, then its local parameters are
-        materialised on `device` by `init` (a parallel.init source; default: OPT's random
-        init from the model's seed)."""
+        PrecisionConfig; loss_chunk_tokens: the recipe's kernels.loss_chunk_tokens. The grid
+        (parallel.state) must be initialised, or absent for 1 rank. A model on the meta device
+        is sharded there, then its local parameters are materialised on `device` by `init` (a
+        parallel.init source; default: OPT's random init from the model's seed)."""
         g = self.grid = state.grid()
         self.virtual = parallel.virtual_stages
         if self.virtual > 1 and (g.pp == 1 or dist.get_backend() != "gloo"):
@@ -109,6 +112,7 @@ class ParallelEngine:
                                                         parallel.bucket_mb)
         self.scaler = build_loss_scaler(precision)
         self.tp_reduce_max, self.tp_reduce_sum = tp_all_reduces(state.tp_group())
+        self.loss_chunk_tokens = loss_chunk_tokens
         self.device = params[0].device
 
     # -- forward of this stage ----------------------------------------------------------------
@@ -133,10 +137,17 @@ class ParallelEngine:
             h = mappings.gather_from_sequence_parallel_region(h)
         else:
             h = mappings.copy_to_tp_region(h)
+        vocab_start = getattr(dec.embed_tokens, "vocab_start", 0)
+        if self.loss_chunk_tokens:
+            sharded = self.grid.tp > 1  # one rank: the single-device loss-and-gradient path
+            return linear_cross_entropy(
+                h, dec.embed_tokens.weight, batch["labels"], batch["loss_mask"],
+                self.loss_chunk_tokens, vocab_start=vocab_start,
+                all_reduce_max=self.tp_reduce_max if sharded else None,
+                all_reduce_sum=self.tp_reduce_sum if sharded else None)
         logits = F.linear(h, dec.embed_tokens.weight)
-        return vocab_parallel_cross_entropy(
-            logits, batch["labels"], batch["loss_mask"],
-            getattr(dec.embed_tokens, "vocab_start", 0), self.tp_reduce_max, self.tp_reduce_sum)
+        return vocab_parallel_cross_entropy(logits, batch["labels"], batch["loss_mask"],
+                                            vocab_start, self.tp_reduce_max, self.tp_reduce_sum)
 
     def activation_shape(self, batch) -> tuple[int, int, int]:
         b, s = batch["tokens"].shape

@@ -71,7 +71,8 @@ class ParallelTrainer(Trainer):
         resuming = bool(load) and ckpt.resolve_load_path(load, r.checkpoint.dir) is not None
         model, source = build_local_model(r, resuming)
         self.engine = ParallelEngine(model, r.parallel, r.optim, r.precision, r.train.seed,
-                                     init=source, device=self.device)
+                                     init=source, device=self.device,
+                                     loss_chunk_tokens=r.kernels.loss_chunk_tokens)
         return self.engine.model
 
     def build_optimizer(self):

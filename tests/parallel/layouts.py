@@ -37,7 +37,9 @@ def run_layout(rank: int, layout: dict, steps, reference, micro: int) -> dict | 
         par = parallel_config(tp, pp, layout.get("sp", False), layout.get("zero1", False),
                               layout.get("recompute", "none"),
                               virtual_stages=layout.get("vs", 1))
-        engine = ParallelEngine(model, par, optim_config(), precision_config(), SEED)
+        # Chunks of 7 target tokens (several per micro-batch); chunk 0: full logits.
+        engine = ParallelEngine(model, par, optim_config(), precision_config(), SEED,
+                                loss_chunk_tokens=layout.get("chunk", 7))
         losses, norms = [], []
         for step in steps:
             out = engine.train_step(micro_batches(step, grid.dp_rank, dp, micro),

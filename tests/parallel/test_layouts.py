@@ -19,7 +19,9 @@ import layouts  # noqa: E402
 
 WORLD = 8
 LAYOUTS = [
-    dict(tp=2, pp=1, dp=1),
+    dict(tp=2, pp=1, dp=1, chunk=0),  # the full-logits vocab-parallel loss
+    dict(tp=2, pp=1, dp=1, sp=True, chunk=0),
+    dict(tp=2, pp=1, dp=1),  # the chunked, target-only one (every other layout too)
     dict(tp=2, pp=1, dp=1, sp=True),
     dict(tp=1, pp=2, dp=1),
     dict(tp=1, pp=1, dp=2),

@@ -63,7 +63,7 @@ def test_parallel_trainer_matches_single_process_trainer(tmp_path):
 def test_parallel_trainer_takes_its_kernels_from_the_dispatcher(tmp_path, monkeypatch, capsys):
     """The recipe's kernels section is adopted and logged once at start, and a step runs the
     loss and the optimizer through the kernels' entry points (one adamw_step per weight-decay
-    group; the engine's CE is kernels.vocab_parallel_cross_entropy)."""
+    group; the engine's loss is kernels.linear_cross_entropy, chunked as the recipe says)."""
     pytest.importorskip("optiml_engine._C")
     from optiml_engine.kernels import dispatch
     from optiml_engine.optim import zero1
@@ -79,11 +79,12 @@ def test_parallel_trainer_takes_its_kernels_from_the_dispatcher(tmp_path, monkey
 
     def spy_ce(*args, **kw):
         calls["ce"] += 1
-        return vocab_ce(*args, **kw)
+        assert args[4] == recipe.kernels.loss_chunk_tokens
+        return linear_ce(*args, **kw)
 
-    adamw_step, vocab_ce = zero1.adamw_step, engine.vocab_parallel_cross_entropy
+    adamw_step, linear_ce = zero1.adamw_step, engine.linear_cross_entropy
     monkeypatch.setattr(zero1, "adamw_step", spy_adamw)
-    monkeypatch.setattr(engine, "vocab_parallel_cross_entropy", spy_ce)
+    monkeypatch.setattr(engine, "linear_cross_entropy", spy_ce)
     path = tmp_path / "tiny.yaml"
     path.write_text(RECIPE)
     recipe = load_recipe(path, ["train.steps=1", "kernels.cross_entropy=torch"])
