@@ -39,6 +39,12 @@ def _dot(a, b, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _rows(X, base, offs, row_stride, offs_d, mask):
+    """The [rows, head dim] tile of X at `offs` (0 where masked): q, k, v or dO of one head."""
+    return tl.load(X + base + offs[:, None] * row_stride + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
 def _keep(seed, bh, qi, kj, S, dropout_p):
     """Keep bits for queries qi x keys kj (broadcastable int32 blocks) of row bh.
 
@@ -95,8 +101,7 @@ def _attn_fwd(Q, K, V, OUT, LSE, SEG_START, SEED,
     offs_d = tl.arange(0, D_PAD)
     row_ok = offs_m < S
     d_ok = offs_d < D
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q = _rows(Q, b * sqb + h * sqh, offs_m, sqs, offs_d, row_ok[:, None] & d_ok[None, :])
     start, lo, hi = _key_range(SEG_START, b, S, pid_m, offs_m, row_ok, HAS_DOCS, BLOCK_M, BLOCK_N)
     if HAS_DROPOUT:
         seed = tl.load(SEED)
@@ -108,8 +113,7 @@ def _attn_fwd(Q, K, V, OUT, LSE, SEG_START, SEED,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         col_ok = offs_n < S
         kv_mask = col_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = _rows(K, b * skb + h * skh, offs_n, sks, offs_d, kv_mask)
         s = _dot(q, tl.trans(k), DOT_PREC, UPCAST) * qk_scale
         valid = ((offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= start[:, None])
                  & col_ok[None, :])
@@ -120,8 +124,7 @@ def _attn_fwd(Q, K, V, OUT, LSE, SEG_START, SEED,
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        v = _rows(V, b * svb + h * svh, offs_n, svs, offs_d, kv_mask)
         if HAS_DROPOUT:  # l_i sums the undropped p: dropout acts after normalisation
             keep = _keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], S, dropout_p)
             p = tl.where(keep, p, 0.0)
@@ -156,10 +159,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, SEG_END, SEED,
     col_ok = offs_n < S
     d_ok = offs_d < D
     kv_mask = col_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :],
-                mask=kv_mask, other=0.0)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :],
-                mask=kv_mask, other=0.0)
+    k = _rows(K, b * skb + h * skh, offs_n, sks, offs_d, kv_mask)
+    v = _rows(V, b * svb + h * svh, offs_n, svs, offs_d, kv_mask)
     if HAS_DOCS:
         end = tl.load(SEG_END + b * S + offs_n, mask=col_ok, other=-1)
         hi = tl.max(end, axis=0) + 1
@@ -176,27 +177,24 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, SEG_END, SEED,
         offs_m = m0 + tl.arange(0, BLOCK_M)
         row_ok = offs_m < S
         q_mask = row_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
-                    mask=q_mask, other=0.0)
-        do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
-                     mask=q_mask, other=0.0)
+        q = _rows(Q, b * sqb + h * sqh, offs_m, sqs, offs_d, q_mask)
+        do = _rows(DO, b * sob + h * soh, offs_m, sos, offs_d, q_mask)
         lse = tl.load(LSE + pid_bh * S + offs_m, mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + pid_bh * S + offs_m, mask=row_ok, other=0.0)
         s_t = _dot(k, tl.trans(q), DOT_PREC, UPCAST) * qk_scale
         valid = ((offs_m[None, :] >= offs_n[:, None]) & (offs_m[None, :] <= end[:, None])
                  & row_ok[None, :])
         p_t = tl.where(valid, tl.exp2(s_t - lse[None, :]), 0.0)
+        dp_t = _dot(v, tl.trans(do), DOT_PREC, UPCAST)
+        pz_t = p_t
         if HAS_DROPOUT:
             # dV = (P Z)^T dO and dS = P (Z dP - delta); the tile is transposed: [keys, queries].
             keep_t = _keep(seed, pid_bh, offs_m[None, :], offs_n[:, None], S, dropout_p)
             z_t = tl.where(keep_t, drop_scale, 0.0)
-            dv += _dot((p_t * z_t).to(do.dtype), do, DOT_PREC, UPCAST)
-            dp_t = _dot(v, tl.trans(do), DOT_PREC, UPCAST)
-            ds_t = p_t * (dp_t * z_t - delta[None, :])
-        else:
-            dv += _dot(p_t.to(do.dtype), do, DOT_PREC, UPCAST)
-            dp_t = _dot(v, tl.trans(do), DOT_PREC, UPCAST)
-            ds_t = p_t * (dp_t - delta[None, :])
+            pz_t = p_t * z_t
+            dp_t = dp_t * z_t
+        dv += _dot(pz_t.to(do.dtype), do, DOT_PREC, UPCAST)
+        ds_t = p_t * (dp_t - delta[None, :])
         dk += _dot(ds_t.to(q.dtype), q, DOT_PREC, UPCAST)
 
     out_offs = b * sob + h * soh + offs_n[:, None] * sos + offs_d[None, :]
@@ -221,10 +219,8 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, SEG_START, SEED,
     row_ok = offs_m < S
     d_ok = offs_d < D
     q_mask = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
-                mask=q_mask, other=0.0)
-    do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
-                 mask=q_mask, other=0.0)
+    q = _rows(Q, b * sqb + h * sqh, offs_m, sqs, offs_d, q_mask)
+    do = _rows(DO, b * sob + h * soh, offs_m, sos, offs_d, q_mask)
     lse = tl.load(LSE + pid_bh * S + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + pid_bh * S + offs_m, mask=row_ok, other=0.0)
     start, lo, hi = _key_range(SEG_START, b, S, pid_m, offs_m, row_ok, HAS_DOCS, BLOCK_M, BLOCK_N)
@@ -236,10 +232,8 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, SEG_START, SEED,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         col_ok = offs_n < S
         kv_mask = col_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = _rows(K, b * skb + h * skh, offs_n, sks, offs_d, kv_mask)
+        v = _rows(V, b * svb + h * svh, offs_n, svs, offs_d, kv_mask)
         s = _dot(q, tl.trans(k), DOT_PREC, UPCAST) * qk_scale
         valid = ((offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= start[:, None])
                  & col_ok[None, :])
