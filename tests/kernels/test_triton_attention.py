@@ -2,25 +2,13 @@
 
 import pytest
 import torch
+from attention_inputs import BLOCK, DEVICE, ROWS, doc_ids_from_lengths, gpu_case, qkv
 
 from optiml_engine.kernels.attention import attention, sdpa_attention
 from optiml_engine.kernels.segments import segment_bounds
 from optiml_engine.kernels.triton_attention import triton_attention
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BLOCK = 16  # small tiles so short rows still span several tile borders
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
-
-
-def doc_ids_from_lengths(rows):
-    ids = [torch.repeat_interleave(torch.arange(len(r)), torch.tensor(r)) for r in rows]
-    return torch.stack(ids).to(DEVICE)
-
-
-def qkv(b, s, h, d, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, s, h, d, generator=g).to(DEVICE, dtype).requires_grad_()
-            for _ in range(3)]
 
 
 def run_kernel(q, k, v, doc_ids, grad_out, block=BLOCK):
@@ -38,8 +26,6 @@ def run_reference(q, k, v, doc_ids, grad_out):
     return out.detach(), [t.grad for t in ref]
 
 
-# Lengths 1 and odd, examples crossing the 16-token tile borders, two rows of different layouts.
-ROWS = [[1, 19, 16, 33, 7], [40, 33, 1, 2]]
 
 
 @pytest.mark.parametrize("dtype,head_dim,with_docs", [
@@ -134,10 +120,7 @@ def test_dispatcher_takes_cu_seqlens_and_falls_back_for_kv_cache():
 @pytest.mark.parametrize("head_dim", [64, 80, 128])
 def test_real_size_on_gpu(head_dim):
     """A 2048-token row holding 8 examples, bf16, default tile sizes."""
-    lengths = [301, 17, 512, 1, 255, 390, 200, 372]
-    doc_ids = doc_ids_from_lengths([lengths, lengths[::-1]])
-    q, k, v = qkv(2, 2048, 4, head_dim, torch.bfloat16, seed=7)
-    grad_out = torch.randn_like(q)
+    doc_ids, q, k, v, grad_out = gpu_case(head_dim, seed=7)
     out = attention(q, k, v, doc_ids, backend="triton")
     out.backward(grad_out)
     ref_out, ref_grads = run_reference(q, k, v, doc_ids, grad_out)

@@ -6,6 +6,7 @@ does the rest in torch: softmax over the visible keys, times keep / (1 - p), tim
 
 import pytest
 import torch
+from attention_inputs import BLOCK, DEVICE, ROWS, doc_ids_from_lengths, gpu_case, qkv
 
 from optiml_engine.kernels import attention as attention_module
 from optiml_engine.kernels.attention import attention
@@ -17,22 +18,7 @@ from optiml_engine.kernels.triton_attention import (
 )
 from optiml_engine.parallel.random import checkpoint
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BLOCK = 16  # small tiles so short rows still span several tile borders
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
-# Lengths 1 and odd, examples crossing the 16-token tile borders, two rows of different layouts.
-ROWS = [[1, 19, 16, 33, 7], [40, 33, 1, 2]]
-
-
-def doc_ids_from_lengths(rows):
-    ids = [torch.repeat_interleave(torch.arange(len(r)), torch.tensor(r)) for r in rows]
-    return torch.stack(ids).to(DEVICE)
-
-
-def qkv(b, s, h, d, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, s, h, d, generator=g).to(DEVICE, dtype).requires_grad_()
-            for _ in range(3)]
 
 
 def visible(doc_ids, s):
@@ -201,10 +187,7 @@ def test_recompute_replays_the_mask():
 @pytest.mark.parametrize("head_dim", [64, 80, 128])
 def test_real_size_on_gpu(head_dim):
     """A 2048-token row holding 8 examples, bf16, default tile sizes, p = 0.1."""
-    lengths = [301, 17, 512, 1, 255, 390, 200, 372]
-    doc_ids = doc_ids_from_lengths([lengths, lengths[::-1]])
-    q, k, v = qkv(2, 2048, 4, head_dim, torch.bfloat16, seed=9)
-    grad_out = torch.randn_like(q)
+    doc_ids, q, k, v, grad_out = gpu_case(head_dim, seed=9)
     torch.manual_seed(3)
     out = attention(q, k, v, doc_ids, dropout_p=0.1, backend="triton")
     out.backward(grad_out)
