@@ -16,9 +16,10 @@ def cmd_train(args) -> int:
     from optiml_engine.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # fail fast, before the heavy imports
+    from optiml_engine.eval.pipeline_eval import training_evaluator
     from optiml_engine.training.launch import train
 
-    train(recipe)
+    train(recipe, training_evaluator)
     return 0
 
 

@@ -212,6 +212,12 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        """The resolved recipe, loadable by `load_recipe` (written next to each checkpoint)."""
+        import json
+
+        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
+
 
 # --------------------------------------------------------------------------------------------
 # Parsing

@@ -33,9 +33,9 @@ from optiml_engine.config import (  # noqa: E402
     ParallelConfig,
     PrecisionConfig,
 )
+from optiml_engine.distributed import state  # noqa: E402
 from optiml_engine.model import OPTForCausalLM  # noqa: E402
-from optiml_engine.parallel import state  # noqa: E402
-from optiml_engine.parallel.engine import ParallelEngine  # noqa: E402
+from optiml_engine.training.engine import Engine  # noqa: E402
 
 
 def batches(global_batch: int, seq: int, vocab: int, dp_rank: int, dp: int, micro: int,
@@ -68,7 +68,7 @@ def worker(rank: int, world: int, port: int, args, layout, out: str) -> None:
     torch.manual_seed(0)
     model = OPTForCausalLM(cfg).to(device)
     par = ParallelConfig(tp=tp, pp=pp, sp=args.sp and tp > 1, zero1=args.zero1 and dp > 1)
-    engine = ParallelEngine(model, par, OptimConfig(lr=1e-4), PrecisionConfig(dtype=args.dtype))
+    engine = Engine(model, par, OptimConfig(lr=1e-4), PrecisionConfig(dtype=args.dtype))
     micro = batches(args.global_batch, args.seq, args.vocab, state.dp_rank(), dp,
                     args.micro_batch, device)
     for i in range(args.warmup + args.steps):

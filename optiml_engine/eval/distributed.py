@@ -1,9 +1,9 @@
 """`optiml eval` under torchrun: each rank holds only its part of a --tp x --pp layout.
 
 Every rank builds its tensor-parallel slices and pipeline stage on the meta device and fills
-them from the checkpoint (parallel/init.py): an HF directory's slices are read straight from
+them from the checkpoint (model/meta_init.py): an HF directory's slices are read straight from
 disk, an engine checkpoint saved under any layout (or by one process) is resharded on load by
-DCP (parallel/checkpoint.load_weights). The model is then wrapped in `PipelineEvalModel`, so the
+DCP (distributed/checkpoint.load_weights). The model is then wrapped in `PipelineEvalModel`, so the
 harness's single-process code (`run_eval`, greedy decoding, rank classification) runs unchanged;
 `DistributedEval` is the `ranks` object that shares the work out:
 
@@ -21,10 +21,10 @@ import os
 import torch
 import torch.distributed as dist
 
+from optiml_engine.distributed import state
 from optiml_engine.errors import OptimlError
 from optiml_engine.eval.harness import checkpoint_source
 from optiml_engine.eval.pipeline_eval import PipelineEvalModel
-from optiml_engine.parallel import state
 
 
 def launched() -> bool:
@@ -70,9 +70,8 @@ class DistributedEval:
         """(PipelineEvalModel of this rank's part, tokenizer spec) from an HF directory or an
         engine checkpoint."""
         from optiml_engine.config import ModelConfig
-        from optiml_engine.parallel import checkpoint as pckpt
-        from optiml_engine.parallel.init import EmptyInit, hf_meta_model, meta_model
-        from optiml_engine.training import checkpoint as ckpt
+        from optiml_engine.distributed import checkpoint as ckpt
+        from optiml_engine.model.meta_init import EmptyInit, hf_meta_model, meta_model
 
         kind, where, spec = checkpoint_source(path)
         if kind == "hf":
@@ -80,20 +79,20 @@ class DistributedEval:
             return self._local(model, source, path), spec
         config = ModelConfig(**ckpt.read_meta(where)["model_config"])
         stage = self._local(meta_model(config, seed=0), EmptyInit(), path)
-        pckpt.load_weights(stage.model, where)
+        ckpt.load_weights(stage.model, where)
         return stage, spec
 
     def init_model(self, config, seed: int, device: str | None = None):
         """The same architecture untrained: the weights one process draws after
         `torch.manual_seed(seed)`, each rank keeping its part."""
-        from optiml_engine.parallel.init import RandomInit, meta_model
+        from optiml_engine.model.meta_init import RandomInit, meta_model
 
         model = meta_model(config, seed)
         return self._local(model, RandomInit(model.init_seed, model.config.init_std), "init")
 
     def _local(self, model, source, where: str) -> PipelineEvalModel:
-        from optiml_engine.parallel.init import Layout, shard_model
-        from optiml_engine.parallel.tensor_parallel import check_divisible
+        from optiml_engine.model.meta_init import shard_model
+        from optiml_engine.model.parallelize import check_divisible
 
         g, cfg = self.grid, model.config
         check_divisible(cfg, g.tp, f"optiml eval --checkpoint {where} --tp {g.tp}")
@@ -101,8 +100,7 @@ class DistributedEval:
             raise OptimlError(f"optiml eval --checkpoint {where} --pp {g.pp}",
                               f"{g.pp} pipeline stages for {cfg.num_layers} layers",
                               "use at most one stage per layer")
-        layout = Layout(g.tp_rank, g.tp, g.pp_rank, g.pp)
-        chunks, _ = shard_model(model, layout, state.tp_group(), False, source, self.device)
+        chunks, _ = shard_model(model, g, state.tp_group(), False, source, self.device)
         return PipelineEvalModel(model.eval(), chunks)
 
     # -- what run_eval asks ----------------------------------------------------------------------

@@ -231,7 +231,7 @@ def run_eval(model, tokenizer, suite: list[EvalTask], settings: EvalSettings, ou
 def checkpoint_source(path: str) -> tuple[str, Path, str]:
     """("hf", directory, tokenizer spec) for a Hugging Face OPT directory, or ("engine", step
     directory, spec) for an engine checkpoint (a checkpoint.dir: its latest step)."""
-    from optiml_engine.training import checkpoint as ckpt
+    from optiml_engine.distributed import checkpoint as ckpt
 
     p = Path(path)
     if (p / "config.json").is_file():

@@ -1,10 +1,11 @@
 """Evaluation under the training layout: tensor x pipeline parallel (and data parallel).
 
 `PipelineEvalModel` wraps this rank's part of a model (its tensor-parallel slices and pipeline
-stage, as `ParallelEngine` leaves it) so that the single-process code paths (`greedy_generate`,
-`score_options`, the harness) run unchanged on every rank of a model replica:
+stage, as the training engine leaves it) so that the single-process code paths
+(`greedy_generate`, `score_options`, the harness) run unchanged on every rank of a replica:
 
-- `hidden_states` runs this stage's layers with this rank's own KV cache. The first stage
+- `hidden_states` runs this stage's part through the model's own forward
+  (`OPTForCausalLM.hidden_states`) with this rank's own KV cache. The first stage
   embeds; the others receive [B, S_step, hidden] from the previous stage (every rank knows the
   shape from the same prompts) and send theirs on. The last stage returns the final hidden
   states; the other stages return an empty [B, S, 0] placeholder (they hold no output layer).
@@ -16,8 +17,9 @@ With interleaved stages (virtual chunks) a rank runs its chunks in turn: the act
 stage 0 chunk 0 -> ... -> stage pp-1 chunk 0 -> stage 0 chunk 1 -> ... With sequence parallelism
 the layers are switched to full-sequence mode while evaluating (a decode step has one token).
 
-`layout_evaluator` adapts the trainer's `TrainingEvaluator`: data-parallel replica 0 evaluates
-(all its ranks take part), the other replicas skip and return no scalars.
+`training_evaluator` builds what the trainer is handed (it never imports eval): the recipe's
+`TrainingEvaluator` run by data-parallel replica 0 (all its ranks take part), the other
+replicas skip and return no scalars.
 """
 
 from __future__ import annotations
@@ -28,29 +30,23 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from optiml_engine.distributed import state
 from optiml_engine.eval import batching
-from optiml_engine.model.opt import POSITION_OFFSET, default_position_ids
-from optiml_engine.parallel import state
-from optiml_engine.parallel.pipeline import decoder_layers
-from optiml_engine.parallel.tensor_parallel import SequenceScatteredEmbedding
+from optiml_engine.model.opt import default_position_ids
+from optiml_engine.model.parallelize import decoder_layers
 
 
 @contextlib.contextmanager
 def _without_sequence_parallel(model):
     """Full-sequence activations inside the TP group while evaluating, restored afterwards."""
     switched = [m for m in model.modules() if getattr(m, "sequence_parallel", False) is True]
-    scattered = [m for m in model.modules() if isinstance(m, SequenceScatteredEmbedding)]
     for m in switched:
         m.sequence_parallel = False
-    for m in scattered:  # a replicated embedding that would keep only its sequence chunk
-        m.forward = nn.Embedding.forward.__get__(m)
     try:
         yield
     finally:
         for m in switched:
             m.sequence_parallel = True
-        for m in scattered:
-            del m.forward
 
 
 class PipelineEvalModel:
@@ -84,36 +80,31 @@ class PipelineEvalModel:
 
     # -- the forward through the pipeline ------------------------------------------------------
 
-    def _embed(self, input_ids, position_ids):
-        dec = self.model.decoder
-        h = dec.embed_tokens(input_ids)
-        if dec.project_in is not None:
-            h = dec.project_in(h)
-        return h + dec.embed_positions(position_ids + POSITION_OFFSET)
-
     @torch.no_grad()
     def hidden_states(self, input_ids, position_ids=None, doc_ids=None, kv_cache=None):
         if position_ids is None:
             position_ids = default_position_ids(input_ids, kv_cache)
-        kv_doc_ids = kv_cache.extend_doc_ids(doc_ids) if kv_cache is not None else doc_ids
         batch, seq = input_ids.shape
         shape = (batch, seq, self.config.hidden_size)
         prev = self.ranks[(self.stage - 1) % self.pp]
         nxt = self.ranks[(self.stage + 1) % self.pp]
+        last_chunk = len(self.chunks) - 1
         with _without_sequence_parallel(self.model):
             for c, layers in enumerate(self.chunks):
-                if self.first and c == 0:
-                    h = self._embed(input_ids, position_ids)
+                embed = self.first and c == 0
+                head = self.last and c == last_chunk
+                if embed:
+                    h = input_ids
                 else:
                     h = torch.empty(shape, dtype=self.dtype, device=input_ids.device)
                     dist.recv(h, prev)
-                for layer in layers:
-                    h = layer(h, doc_ids, kv_doc_ids, kv_cache)
-                if not (self.last and c == len(self.chunks) - 1):
+                h = self.model.hidden_states(h, position_ids, doc_ids, kv_cache, layers=layers,
+                                             embed=embed, head=head)
+                if not head:
                     dist.send(h.contiguous(), nxt)
             if not self.last:
                 return h.new_empty((batch, seq, 0))
-            return self.model.decoder.head(h)
+            return h
 
     # -- the output layer on the last stage, its answer broadcast ------------------------------
 
@@ -140,19 +131,27 @@ class PipelineEvalModel:
 
 
 class LayoutEvaluator:
-    """`TrainingEvaluator` under the training layout: data-parallel replica 0 evaluates its
-    stages of the model (every rank of the replica takes part: the tokens and scores are
-    broadcast, so its ranks agree), the other replicas skip and return no scalars."""
+    """`TrainingEvaluator` under the training layout, handed to the trainer: data-parallel
+    replica 0 evaluates its stages of the model (every rank of the replica takes part: the
+    tokens and scores are broadcast, so its ranks agree), the other replicas return nothing."""
 
-    def __init__(self, evaluator, chunks: list[list[nn.Module]] | None = None):
-        self.evaluator, self.chunks = evaluator, chunks
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
 
-    def __call__(self, model, step: int) -> dict[str, float]:
+    def __call__(self, model, chunks: list[list[nn.Module]], step: int) -> dict[str, float]:
         if state.dp_rank() != 0:
             return {}
-        return self.evaluator(PipelineEvalModel(model, self.chunks), step)
+        return self.evaluator(PipelineEvalModel(model, chunks), step)
 
 
-def layout_evaluator(evaluator, chunks: list[list[nn.Module]] | None = None):
-    """`evaluator` (or None) wrapped for the parallel trainer (`chunks`: the engine's)."""
-    return None if evaluator is None else LayoutEvaluator(evaluator, chunks)
+def training_evaluator(recipe, tokenizer) -> LayoutEvaluator | None:
+    """The in-training evaluation of a recipe (a fixed subset of eval.bench every
+    eval.interval steps), or None when the recipe asks for none."""
+    from pathlib import Path
+
+    from optiml_engine.eval.harness import TrainingEvaluator
+
+    if not (recipe.eval.interval and recipe.eval.bench):
+        return None
+    history = Path(recipe.logging.dir) / "eval_history.jsonl" if recipe.logging.dir else None
+    return LayoutEvaluator(TrainingEvaluator(recipe.eval, tokenizer, history))

@@ -7,19 +7,19 @@ from pathlib import Path
 import torch
 
 from optiml_engine.config import ModelConfig
+from optiml_engine.distributed import checkpoint as ckpt
 from optiml_engine.model.opt import OPTForCausalLM
-from optiml_engine.training import checkpoint as ckpt
 
 
 def hf_to_engine(hf_dir, out, tp: int = 1, pp: int = 1) -> Path:
     """One process writes the whole model; with tp/pp > 1 (under torchrun, tp * pp ranks) each
     rank reads only its slices, so a 175B model is never held in one process."""
     if tp > 1 or pp > 1:
-        from optiml_engine.parallel.convert import hf_to_engine_sharded
+        from optiml_engine.model.hf_shards import hf_to_engine_sharded
 
         return hf_to_engine_sharded(hf_dir, out, tp, pp)
     model = OPTForCausalLM.from_hf(hf_dir)
-    return ckpt.save_checkpoint(Path(out), model, meta={"step": 0, "source": str(hf_dir)})
+    return ckpt.save_weights(Path(out), model, {"source": str(hf_dir)})
 
 
 def load_engine_model(path) -> OPTForCausalLM:
@@ -29,7 +29,7 @@ def load_engine_model(path) -> OPTForCausalLM:
         path = ckpt.latest_checkpoint(path) or path
     meta = ckpt.read_meta(path)
     model = OPTForCausalLM(ModelConfig(**meta["model_config"]))
-    ckpt.load_checkpoint(path, model)
+    ckpt.load_weights(model, path)
     return model
 
 

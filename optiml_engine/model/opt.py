@@ -5,8 +5,9 @@ Inputs are packed: a row holds several examples, `position_ids` restart at 0 for
 Parameter names follow Hugging Face's OPT (minus its `model.` prefix), except that q, k and v are
 one fused `qkv_proj` laid out head-major (rows [q_h; k_h; v_h] for each head h): a contiguous
 slice of its rows then holds whole heads, which is what a column-parallel shard needs. The model
-knows nothing about parallelism; `optiml_engine.parallel` swaps its layers for sharded ones, and
-attention infers the number of local heads from the projection's output width.
+knows nothing about parallelism: model/parallelize.py swaps its layers for sharded ones and keeps
+a pipeline stage's part of it, attention infers the number of local heads from the projection's
+output width, and `hidden_states` runs whatever part is left (one forward for every stage).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from optiml_engine.kernels.attention import attention
-from optiml_engine.kernels.cross_entropy import masked_cross_entropy
-from optiml_engine.kernels.linear_cross_entropy import linear_cross_entropy
+from optiml_engine.kernels.lm_loss import lm_loss_sum
 from optiml_engine.model.kv_cache import KVCache
 
 POSITION_OFFSET = 2  # OPT's learned positions start at index 2 (a fairseq legacy)
@@ -104,6 +104,12 @@ class OPTDecoder(nn.Module):
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size) if cfg.pre_layer_norm else None
         self.layers = nn.ModuleList(OPTDecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.dropout = nn.Dropout(cfg.dropout)
+        # Which ends of the model this (pipeline stage's) decoder holds: the whole model has both.
+        self.has_embed = self.has_head = True
+
+    def layer_list(self) -> list[OPTDecoderLayer]:
+        layers = self.layers
+        return list(layers.values()) if isinstance(layers, nn.ModuleDict) else list(layers)
 
     def embed(self, input_ids, position_ids):
         h = self.embed_tokens(input_ids)
@@ -138,7 +144,7 @@ class OPTForCausalLM(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """OPT's initialisation (`initial_value`); parameters on the meta device are left for
-        `optiml_engine.parallel.init` to materialise shard by shard."""
+        `optiml_engine.model.meta_init` to materialise shard by shard."""
         for name, p in self.named_parameters():
             if not p.is_meta:
                 p.copy_(initial_value(name, p.shape, self.init_seed, self.config.init_std))
@@ -147,15 +153,32 @@ class OPTForCausalLM(nn.Module):
     def output_weight(self) -> torch.Tensor:
         return self.decoder.embed_tokens.weight
 
-    def hidden_states(self, input_ids, position_ids=None, doc_ids=None, kv_cache=None):
-        """Final hidden states [B, S, word_embed_proj_dim], ready for the output projection."""
-        if position_ids is None:
-            position_ids = default_position_ids(input_ids, kv_cache)
+    def hidden_states(self, inputs, position_ids=None, doc_ids=None, kv_cache=None, *,
+                      layers=None, embed=None, head=None, run_layer=None):
+        """This model's (or pipeline stage's) forward without the output projection.
+
+        inputs: token ids [B, S] where the stage embeds, else the previous stage's activation
+        [B, S, H]. layers: the layers to run (default: all this stage holds; an interleaved
+        chunk passes its own); embed / head default to the ends the decoder holds. run_layer(
+        layer, h, doc_ids, kv_doc_ids, kv_cache) replaces the plain call (recomputation).
+        Returns [B, S, word_embed_proj_dim] after the head, else the last layer's activation.
+        """
+        dec = self.decoder
+        embed = dec.has_embed if embed is None else embed
+        head = dec.has_head if head is None else head
         kv_doc_ids = kv_cache.extend_doc_ids(doc_ids) if kv_cache is not None else doc_ids
-        h = self.decoder.embed(input_ids, position_ids)
-        for layer in self.decoder.layers:
-            h = layer(h, doc_ids, kv_doc_ids, kv_cache)
-        return self.decoder.head(h)
+        if embed:
+            if position_ids is None:
+                position_ids = default_position_ids(inputs, kv_cache)
+            h = dec.embed(inputs, position_ids)
+        else:
+            h = inputs
+        for layer in dec.layer_list() if layers is None else layers:
+            if run_layer is None:
+                h = layer(h, doc_ids, kv_doc_ids, kv_cache)
+            else:
+                h = run_layer(layer, h, doc_ids, kv_doc_ids, kv_cache)
+        return dec.head(h) if head else h
 
     def forward(self, input_ids, position_ids=None, doc_ids=None, kv_cache=None):
         """Logits [B, S, vocab]."""
@@ -163,16 +186,10 @@ class OPTForCausalLM(nn.Module):
         return F.linear(h, self.output_weight)
 
     def loss_sum(self, input_ids, position_ids, doc_ids, labels, loss_mask, chunk_tokens=0):
-        """fp32 sum of the cross-entropy over positions where loss_mask is set.
-
-        With chunk_tokens > 0 the output projection and the loss run chunk by chunk of tokens,
-        so the [tokens x vocab] logits never exist in full (the memory hot spot at 50272 words).
-        """
+        """fp32 sum of the cross-entropy over positions where loss_mask is set (one process;
+        the engine runs the same `lm_loss_sum` with its tensor-parallel group's reductions)."""
         h = self.hidden_states(input_ids, position_ids, doc_ids)
-        if chunk_tokens:
-            return linear_cross_entropy(h, self.output_weight, labels, loss_mask,
-                                        chunk_size=chunk_tokens)
-        return masked_cross_entropy(F.linear(h, self.output_weight), labels, loss_mask)
+        return lm_loss_sum(h, self.output_weight, labels, loss_mask, chunk_tokens)
 
     @classmethod
     def from_hf(cls, path) -> OPTForCausalLM:

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import torch
 
-from optiml_engine.kernels.adamw import adamw_step
-from optiml_engine.optim.clip import clip_coefficient, global_norm
-from optiml_engine.optim.loss_scaler import ConstantLossScaler, found_inf_anywhere
-from optiml_engine.parallel.mappings import (
+from optiml_engine.distributed.mappings import (
     all_gather_into_tensor,
     group_rank,
     group_size,
     reduce_scatter_tensor,
 )
+from optiml_engine.kernels.adamw import adamw_step
+from optiml_engine.optim.clip import clip_coefficient, global_norm
+from optiml_engine.optim.loss_scaler import ConstantLossScaler, found_inf_anywhere
 
 
 class FlatAdamW:
@@ -125,6 +125,11 @@ class FlatAdamW:
         if scaler.dynamic and scaler.update(found_inf_anywhere([grad], self.world_group)):
             return {"grad_norm": float("nan"), "skipped": 1.0, "loss_scale": scaler.scale}
         norm = global_norm(self._local_squares(grad), self.world_group)
+        # Every rank holds the same global norm, so every rank skips together; a NaN never
+        # reaches the weights (fp32 / bf16 divergence, or an fp16 overflow of the squares).
+        finite = bool(torch.isfinite(norm))
+        if (not finite or not scaler.dynamic) and scaler.update(not finite):
+            return {"grad_norm": float(norm), "skipped": 1.0, "loss_scale": scaler.scale}
         if max_norm > 0:
             grad.mul_(clip_coefficient(norm, max_norm).to(grad.device))
         self._adamw(grad, lr)

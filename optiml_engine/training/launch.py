@@ -1,18 +1,9 @@
-"""Entry point of `optiml train`: one process, or the parallel trainer under torchrun."""
+"""Entry point of `optiml train`: the one trainer, with the in-training evaluator handed in."""
 
 from __future__ import annotations
 
 from optiml_engine.training.trainer import Trainer
 
 
-def train(recipe) -> list[dict[str, float]]:
-    from optiml_engine.parallel.trainer import ParallelTrainer, wants_parallel
-
-    if not wants_parallel(recipe):
-        return Trainer(recipe).fit()
-    from optiml_engine.parallel import state
-
-    try:
-        return ParallelTrainer(recipe).fit()
-    finally:
-        state.destroy()
+def train(recipe, make_evaluator=None) -> list[dict[str, float]]:
+    return Trainer(recipe, make_evaluator=make_evaluator).fit()

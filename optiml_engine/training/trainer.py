@@ -1,15 +1,22 @@
-"""The training loop: micro-batches -> summed masked loss -> one optimizer step.
+"""The training loop, the same for every layout (one process is the 1 x 1 x 1 layout):
+micro-batches -> `Engine.train_step` -> log, evaluate, checkpoint.
 
-The loss of a step is the sum of the cross-entropy over every target token of every micro-batch,
-divided by the number of target tokens in the whole step, so N micro-batches of accumulation
-give the gradients of one large batch (OPT-IML's normalisation).
+The loss of a step is the sum of the cross-entropy over every target token of every micro-batch
+of every data-parallel rank, divided by the number of target tokens in the whole step, so N
+micro-batches of accumulation give the gradients of one large batch (OPT-IML §3.2).
+
+Console and TensorBoard output come from global rank 0 only. The in-training evaluator is
+handed in (`evaluator(model, chunks, step) -> scalars`, built by eval.pipeline_eval), so
+training never imports evaluation.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
+import os
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -17,39 +24,54 @@ import torch
 from optiml_engine.config import Recipe
 from optiml_engine.data.dataset import build_loader
 from optiml_engine.data.tokenizer import load_tokenizer
+from optiml_engine.distributed import checkpoint as ckpt
+from optiml_engine.distributed import state
 from optiml_engine.errors import OptimlError
 from optiml_engine.kernels import dispatch
-from optiml_engine.model import OPTForCausalLM
-from optiml_engine.optim.builder import build_optimizer
+from optiml_engine.model.meta_init import build_local_model
 from optiml_engine.optim.schedule import lr_at
-from optiml_engine.training import checkpoint as ckpt
+from optiml_engine.training.engine import Engine
 from optiml_engine.training.logger import MetricsLogger
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-def build_model(recipe: Recipe) -> OPTForCausalLM:
-    """Weights from model.hf_path, else OPT's random initialisation from train.seed."""
-    if recipe.model.hf_path:
-        model = OPTForCausalLM.from_hf(recipe.model.hf_path)
-        model.config.dropout = recipe.model.dropout
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = recipe.model.dropout
-        return model
-    torch.manual_seed(recipe.train.seed)
-    return OPTForCausalLM(recipe.model)
+def _check_layout(recipe: Recipe) -> None:
+    p = recipe.parallel
+    if p.sp and p.tp > 1 and recipe.data.seq_length % p.tp:
+        raise OptimlError("recipe: data.seq_length", f"{recipe.data.seq_length} tokens cannot "
+                          f"be split {p.tp} ways for sequence parallelism",
+                          "use a multiple of parallel.tp, or parallel.sp=false")
+    dp = int(os.environ.get("WORLD_SIZE", "1")) // (p.tp * p.pp) or 1
+    if recipe.train.global_batch_size % (recipe.train.micro_batch_size * dp):
+        raise OptimlError("recipe: train.global_batch_size",
+                          f"{recipe.train.global_batch_size} samples do not split into "
+                          f"micro-batches of {recipe.train.micro_batch_size} over {dp} "
+                          "data-parallel ranks", "use a multiple of micro_batch_size x dp")
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, verbose: bool = True):
-        self.recipe = recipe
+    def __init__(self, recipe: Recipe, verbose: bool = True, make_evaluator=None):
+        """make_evaluator(recipe, tokenizer) -> evaluator or None (eval.pipeline_eval's
+        `training_evaluator`); None: no in-training evaluation."""
+        _check_layout(recipe)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.logger = MetricsLogger(recipe.logging.dir, recipe.train.steps, console=verbose)
+        p = recipe.parallel
+        self.owns_grid = not state.is_initialized()
+        if self.owns_grid:
+            state.initialize(p.tp, p.pp, p.backend, virtual=p.virtual_stages)
+        self.grid = state.grid()
+        self.recipe = recipe
+        if self.grid.rank != 0:  # one TensorBoard writer and one console
+            recipe = copy.deepcopy(recipe)
+            recipe.logging.dir = None
+        self.logger = MetricsLogger(recipe.logging.dir, recipe.train.steps,
+                                    console=verbose and self.grid.rank == 0)
         self.tokenizer = load_tokenizer(recipe.data.tokenizer)
         choices = dispatch.configure(recipe.kernels, self.device)
         self.logger.info("kernels: " + ", ".join(f"{k} {v}" for k, v in choices.items()))
-        self.model = self.build_model()
+        self.engine = self.build_engine()
+        self.model = self.engine.model
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise OptimlError(
                 "recipe: model.vocab_size",
@@ -57,99 +79,70 @@ class Trainer:
                 f"{self.tokenizer.vocab_size}",
                 "raise model.vocab_size",
             )
-        self.optimizer = self.build_optimizer()
-        self.loader = self.build_loader()
+        self.loader = build_loader(self.recipe, self.tokenizer, self.grid.dp_rank, self.grid.dp)
         self.step = 0
+        self.run_id = uuid.uuid4().hex[:12]  # rotation deletes only this run's checkpoints
         self.history: list[dict[str, float]] = []
-        self.evaluator = self.build_evaluator()
-        if recipe.checkpoint.load:
-            self.resume(recipe.checkpoint.load)
+        self.evaluator = make_evaluator(self.recipe, self.tokenizer) if make_evaluator else None
+        if self.recipe.checkpoint.load:
+            self.resume(self.recipe.checkpoint.load)
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.logger.info(f"model: {n_params / 1e6:.2f}M parameters | {self.loader.describe()}")
+        g = self.grid
+        self.logger.info(f"layout tp {g.tp} x pp {g.pp} x dp {g.dp} | rank 0 holds "
+                         f"{n_params / 1e6:.2f}M parameters ({recipe.precision.dtype}) | "
+                         f"{self.loader.describe()}")
 
-    # -- parts a subclass may replace (parallel.trainer.ParallelTrainer does) ------------------
-
-    def build_model(self) -> OPTForCausalLM:
-        return build_model(self.recipe).to(self.device)
-
-    def build_optimizer(self):
-        return build_optimizer(self.model, self.recipe.optim)
-
-    def build_loader(self, dp_rank: int = 0, dp_size: int = 1):
-        return build_loader(self.recipe, self.tokenizer, dp_rank, dp_size)
-
-    def build_evaluator(self):
-        """The in-training evaluation on a fixed subset of eval.bench, every eval.interval."""
-        cfg = self.recipe
-        if not (cfg.eval.interval and cfg.eval.bench):
-            return None
-        from optiml_engine.eval.harness import TrainingEvaluator
-
-        history = Path(cfg.logging.dir) / "eval_history.jsonl" if cfg.logging.dir else None
-        return TrainingEvaluator(cfg.eval, self.tokenizer, history)
+    def build_engine(self) -> Engine:
+        """Only this rank's part is ever allocated (model/meta_init.py): built on the meta
+        device, then filled from the HF directory's slices or OPT's seeded init, or left for
+        the checkpoint being resumed to fill."""
+        r = self.recipe
+        load = r.checkpoint.load
+        resuming = bool(load) and ckpt.resolve_load_path(load, r.checkpoint.dir) is not None
+        model, source = build_local_model(r, resuming)
+        return Engine(model, r.parallel, r.optim, r.precision, r.train.seed, init=source,
+                      device=self.device, loss_chunk_tokens=r.kernels.loss_chunk_tokens)
 
     # -- one step ---------------------------------------------------------------------------
-
-    def autocast(self):
-        dtype = AUTOCAST_DTYPES.get(self.recipe.precision.dtype)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def forward_backward(self, micro_batches, n_target_tokens) -> torch.Tensor:
-        """Accumulate gradients of sum(loss) / n_target_tokens; return the summed loss."""
-        total = torch.zeros((), device=self.device)
-        for batch in micro_batches:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with self.autocast():
-                loss_sum = self.model.loss_sum(
-                    batch["tokens"],
-                    batch["position_ids"],
-                    batch["doc_ids"],
-                    batch["labels"],
-                    batch["loss_mask"],
-                    chunk_tokens=self.recipe.kernels.loss_chunk_tokens,
-                )
-            (loss_sum / n_target_tokens).backward()
-            total += loss_sum.detach()
-        return total
 
     def train_step(self) -> dict[str, float]:
         start = time.perf_counter()
         micro_batches = self.loader.next_step()
-        n_target_tokens = sum(float(b["loss_mask"].sum()) for b in micro_batches)
         lr = lr_at(self.step, self.recipe.optim, self.recipe.train.steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = self.forward_backward(micro_batches, max(n_target_tokens, 1.0))
-        clip = self.recipe.optim.clip_grad
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), clip if clip > 0 else float("inf")
-        )
-        self.optimizer.step()
+        out = self.engine.train_step(micro_batches, lr, self.recipe.optim.clip_grad)
         self.step += 1
         seconds = time.perf_counter() - start
+        if out["skipped"]:
+            self.logger.info(f"step {self.step}: inf/NaN gradients, step skipped "
+                             f"(loss scale now {out['loss_scale']:g})")
         real = sum(float((b["tokens"] != self.tokenizer.pad_id).sum()) for b in micro_batches)
         capacity = sum(b["tokens"].numel() for b in micro_batches)
-        return {
-            "loss": float(loss_sum) / max(n_target_tokens, 1.0),
-            "lr": lr,
-            "grad_norm": float(grad_norm),
-            "target_tokens": n_target_tokens,
-            "target_tokens_per_s": n_target_tokens / seconds,
-            "packing_efficiency": real / capacity,
-        }
+        return {"loss": out["loss"], "lr": lr, "grad_norm": out["grad_norm"],
+                "target_tokens": out["target_tokens"],
+                "target_tokens_per_s": out["target_tokens"] / seconds,
+                "packing_efficiency": real / capacity,
+                "loss_scale": out["loss_scale"], "skipped": out["skipped"]}
 
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> list[dict[str, float]]:
+        try:
+            return self._fit()
+        finally:
+            self.logger.close()
+            if self.owns_grid:
+                state.destroy()
+
+    def _fit(self) -> list[dict[str, float]]:
         cfg = self.recipe
         self.model.train()
         last = min(cfg.train.steps, cfg.train.stop_after or cfg.train.steps)
+        if cfg.logging.dir and self.grid.rank == 0:
+            Path(cfg.logging.dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.logging.dir) / ckpt.RECIPE).write_text(cfg.to_yaml())
         if cfg.checkpoint.dir and cfg.checkpoint.save_initial and self.step == 0:
-            path = ckpt.save_checkpoint(Path(cfg.checkpoint.dir) / "initial", self.model,
-                                        meta={"step": 0, "recipe": dataclasses.asdict(cfg)})
+            path = ckpt.save_weights(Path(cfg.checkpoint.dir) / "initial", self.model,
+                                     {"run": self.run_id}, recipe_yaml=cfg.to_yaml())
             self.logger.info(f"saved the untrained model to {path}")
         window: list[dict[str, float]] = []
         self.logger.start(self.step)
@@ -165,7 +158,7 @@ class Trainer:
                 )
                 window = []
             if self.evaluator is not None and self.step % cfg.eval.interval == 0:
-                scores = self.evaluator(self.model, self.step)
+                scores = self.evaluator(self.model, self.engine.chunks, self.step)
                 self.model.train()
                 self.logger.scalars(self.step, scores, prefix=None)
                 self.logger.info(" | ".join(f"{k} {v:.1f}" for k, v in scores.items()
@@ -175,20 +168,18 @@ class Trainer:
                 (interval and self.step % interval == 0) or self.step == last
             ):
                 self.save()
-        self.logger.close()
         return self.history
 
     # -- checkpoints ------------------------------------------------------------------------
 
     def save(self) -> Path:
-        cfg = self.recipe.checkpoint
-        path = Path(cfg.dir) / f"step_{self.step:07d}"
-        meta = {
-            "step": self.step,
-            "loader": self.loader.state_dict(),
-            "recipe": dataclasses.asdict(self.recipe),
-        }
-        ckpt.save_checkpoint(path, self.model, self.optimizer, meta, keep_last=cfg.keep_last)
+        cfg = self.recipe
+        path = Path(cfg.checkpoint.dir) / f"step_{self.step:07d}"
+        meta = {"step": self.step, "run": self.run_id, "loader": self.loader.state_dict(),
+                **self.engine.meta(), "recipe": dataclasses.asdict(cfg),
+                "model_config": dataclasses.asdict(self.engine.config)}
+        ckpt.save(path, self.engine.tensors(), meta, recipe_yaml=cfg.to_yaml(),
+                  keep_last=cfg.checkpoint.keep_last)
         self.logger.info(f"saved checkpoint {path}")
         return path
 
@@ -196,8 +187,16 @@ class Trainer:
         path = ckpt.resolve_load_path(load, self.recipe.checkpoint.dir)
         if path is None:  # 'latest' with nothing saved yet: a fresh start
             return
-        meta = ckpt.load_checkpoint(path, self.model, self.optimizer)
-        if meta.get("kind") == "train":
-            self.step = int(meta["step"])
-            self.loader.load_state_dict(meta["loader"])
-        self.logger.info(f"loaded {meta.get('kind')} checkpoint {path} at step {self.step}")
+        meta = self.engine.load(path)
+        if meta.get("kind") != "train":
+            self.logger.info(f"loaded the weights of {path}; optimizer state fresh")
+            return
+        self.step = int(meta["step"])
+        self.loader.load_state_dict(meta["loader"])
+        self.run_id = meta.get("run", self.run_id)  # a resumed run rotates its own checkpoints
+        saved = meta.get("layout")
+        if saved == ckpt.layout() and ckpt.load_rng(path):
+            rng = "RNG streams restored"
+        else:  # dropout masks differ from the uninterrupted run's from here on
+            rng = f"RNG streams fresh (saved under {saved}, running under {ckpt.layout()})"
+        self.logger.info(f"resumed {path} at step {self.step}; {rng}")

@@ -95,7 +95,7 @@ def test_torchrun_tp2_from_hf_dir_equals_one_process(tiny_hf_dir, tiny_bench, re
 
 
 def _layouts_worker(rank, hf_dir, ckpt, bench, out):
-    from optiml_engine.parallel.convert import hf_to_engine_sharded
+    from optiml_engine.model.hf_shards import hf_to_engine_sharded
 
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
     args = ["--bench", bench, *EVAL_ARGS]

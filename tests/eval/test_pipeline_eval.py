@@ -30,10 +30,10 @@ def _run_layout(hf_dir, eos_id, tp, pp, virtual):
     from optiml_engine.eval.pipeline_eval import PipelineEvalModel
     from optiml_engine.eval.scoring import score_options
     from optiml_engine.model import OPTForCausalLM
-    from optiml_engine.parallel import state
-    from optiml_engine.parallel.interleaved import keep_chunks
-    from optiml_engine.parallel.pipeline import decoder_layers, keep_stage
-    from optiml_engine.parallel.tensor_parallel import apply_tensor_parallel
+    from optiml_engine.distributed import state
+    from optiml_engine.distributed.interleaved import keep_chunks
+    from optiml_engine.distributed.pipeline import decoder_layers, keep_stage
+    from optiml_engine.distributed.tensor_parallel import apply_tensor_parallel
 
     state.initialize(tp=tp, pp=pp, world_size=tp * pp)
     try:
@@ -168,7 +168,7 @@ def _trainer_worker(rank, port, recipe_path, bench, out_dir):
                             world_size=4)
     from optiml_engine.config import load_recipe
     from optiml_engine.eval.pipeline_eval import PipelineEvalModel
-    from optiml_engine.parallel import state
+    from optiml_engine.distributed import state
     from optiml_engine.parallel.trainer import ParallelTrainer
 
     results = {}

@@ -29,8 +29,8 @@ def _worker(rank, port, hf_dir, out_file):
         from optiml_engine.eval.generate import greedy_generate
         from optiml_engine.eval.scoring import score_options
         from optiml_engine.model import OPTForCausalLM
-        from optiml_engine.parallel import state
-        from optiml_engine.parallel.tensor_parallel import apply_tensor_parallel
+        from optiml_engine.distributed import state
+        from optiml_engine.distributed.tensor_parallel import apply_tensor_parallel
 
         state.initialize(tp=2)
         model = OPTForCausalLM.from_hf(hf_dir).eval()

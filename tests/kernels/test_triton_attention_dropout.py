@@ -16,7 +16,7 @@ from optiml_engine.kernels.triton_attention import (
     dropout_keep_mask,
     triton_attention,
 )
-from optiml_engine.parallel.random import checkpoint
+from optiml_engine.distributed.random import checkpoint
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 

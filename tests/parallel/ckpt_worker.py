@@ -19,9 +19,9 @@ from harness import (
 
 from optiml_engine.model import OPTForCausalLM
 from optiml_engine.optim.loss_scaler import DynamicLossScaler
-from optiml_engine.parallel import checkpoint as pckpt
-from optiml_engine.parallel import state
-from optiml_engine.parallel.engine import ParallelEngine
+from optiml_engine.distributed import checkpoint as pckpt
+from optiml_engine.distributed import state
+from optiml_engine.training.engine import Engine
 
 MICRO = 2
 
@@ -31,7 +31,7 @@ def build_engine(tp, pp, dp, sp=False, zero1=False):
     if not state.in_grid():
         return None
     torch.manual_seed(SEED)
-    return ParallelEngine(OPTForCausalLM(tiny_config()), parallel_config(tp, pp, sp, zero1),
+    return Engine(OPTForCausalLM(tiny_config()), parallel_config(tp, pp, sp, zero1),
                           optim_config(), precision_config(), SEED)
 
 
@@ -91,7 +91,7 @@ def scaler_worker(rank: int, steps, out_dir: str) -> None:
 
 
 def convert_worker(rank: int, jobs: list[tuple[str, str]]) -> None:
-    from optiml_engine.parallel.convert import hf_to_engine_sharded
+    from optiml_engine.model.hf_shards import hf_to_engine_sharded
 
     for hf_dir, out in jobs:
         hf_to_engine_sharded(hf_dir, out, tp=2, pp=2)

@@ -17,9 +17,9 @@ from harness import (
     tiny_config,
 )
 
-from optiml_engine.parallel import state
-from optiml_engine.parallel.engine import ParallelEngine
-from optiml_engine.parallel.init import meta_model
+from optiml_engine.distributed import state
+from optiml_engine.training.engine import Engine
+from optiml_engine.model.meta_init import meta_model
 
 
 def layout_name(layout: dict) -> str:
@@ -38,7 +38,7 @@ def run_layout(rank: int, layout: dict, steps, reference, micro: int) -> dict | 
                               layout.get("recompute", "none"),
                               virtual_stages=layout.get("vs", 1))
         # Chunks of 7 target tokens (several per micro-batch); chunk 0: full logits.
-        engine = ParallelEngine(model, par, optim_config(), precision_config(), SEED,
+        engine = Engine(model, par, optim_config(), precision_config(), SEED,
                                 loss_chunk_tokens=layout.get("chunk", 7))
         losses, norms = [], []
         for step in steps:

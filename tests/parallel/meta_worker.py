@@ -13,10 +13,10 @@ import torch.distributed as dist
 from harness import SEED, optim_config, parallel_config, precision_config, tiny_config
 
 from optiml_engine.model import OPTForCausalLM
-from optiml_engine.parallel import checkpoint as pckpt
-from optiml_engine.parallel import init as pinit
-from optiml_engine.parallel import state
-from optiml_engine.parallel.engine import ParallelEngine
+from optiml_engine.distributed import checkpoint as pckpt
+from optiml_engine.model import meta_init as pinit
+from optiml_engine.distributed import state
+from optiml_engine.training.engine import Engine
 
 # Full size ~210 MB in fp32, a TP2 x PP2 rank's share ~1/4 of it.
 BIG = dict(vocab_size=4096, hidden_size=512, num_layers=16, num_heads=8, ffn_hidden_size=2048)
@@ -79,10 +79,10 @@ def weights_case(layout: dict) -> dict | None:
         if not state.in_grid():
             return None
         par = parallel_config(tp, pp, layout.get("sp", False), virtual_stages=vs)
-        meta = ParallelEngine(pinit.meta_model(tiny_config(), SEED), par, optim_config(),
+        meta = Engine(pinit.meta_model(tiny_config(), SEED), par, optim_config(),
                               precision_config(), SEED)
         torch.manual_seed(SEED)
-        full = ParallelEngine(OPTForCausalLM(tiny_config()), par, optim_config(),
+        full = Engine(OPTForCausalLM(tiny_config()), par, optim_config(),
                               precision_config(), SEED)
         torch.manual_seed(SEED)
         ref = OPTForCausalLM(tiny_config()).state_dict()
@@ -120,7 +120,7 @@ def hf_case(hf_dir: str, layout: dict) -> dict | None:
         try:
             model, source = pinit.hf_meta_model(hf_dir, dropout=0.0)
             par = parallel_config(tp, pp, layout.get("sp", False), virtual_stages=vs)
-            engine = ParallelEngine(model, par, optim_config(), precision_config(), SEED,
+            engine = Engine(model, par, optim_config(), precision_config(), SEED,
                                     init=source)
         finally:
             hf_io.read_hf_weights = real
@@ -147,7 +147,7 @@ def resume_case(out_dir: str) -> dict:
     pinit.initial_value = counting
     try:
         state.initialize(2, 2, world_size=4)
-        saved = ParallelEngine(pinit.meta_model(tiny_config(), SEED),
+        saved = Engine(pinit.meta_model(tiny_config(), SEED),
                                parallel_config(2, 2, True), optim_config(),
                                precision_config(), SEED)
         fresh_calls = calls["n"]
@@ -156,7 +156,7 @@ def resume_case(out_dir: str) -> dict:
         done()
         g = state.initialize(4, 1, world_size=4)
         calls["n"] = 0
-        engine = ParallelEngine(pinit.meta_model(tiny_config(), SEED), parallel_config(4, 1),
+        engine = Engine(pinit.meta_model(tiny_config(), SEED), parallel_config(4, 1),
                                 optim_config(), precision_config(), SEED,
                                 init=pinit.EmptyInit())
         pckpt.load(engine, path)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ckpt_worker  # noqa: E402
 import harness  # noqa: E402
 
-from optiml_engine.parallel import checkpoint as pckpt  # noqa: E402
+from optiml_engine.distributed import checkpoint as pckpt  # noqa: E402
 
 WORLD = 4
 SAVES = {
@@ -58,7 +58,7 @@ def test_reshard_on_load_gives_the_same_next_step_loss(runs):
     for loss in reshard["load-tp2dp2-from-pp2dp2zero"]:
         assert abs(loss - zero_expected) / zero_expected < 1e-5
     # ...and in one process without any process group (TP=1, PP=1).
-    engine = ckpt_worker.ParallelEngine(
+    engine = ckpt_worker.Engine(
         harness.OPTForCausalLM(harness.tiny_config()), harness.parallel_config(),
         harness.optim_config(), harness.precision_config(), harness.SEED)
     pckpt.load(engine, tmp / "tp2pp2sp")
@@ -69,7 +69,7 @@ def test_reshard_on_load_gives_the_same_next_step_loss(runs):
 
     plain = harness.OPTForCausalLM(harness.tiny_config())
     load_checkpoint(tmp / "tp2pp2sp", plain)
-    engine2 = ckpt_worker.ParallelEngine(
+    engine2 = ckpt_worker.Engine(
         harness.OPTForCausalLM(harness.tiny_config()), harness.parallel_config(),
         harness.optim_config(), harness.precision_config(), harness.SEED)
     pckpt.load(engine2, tmp / "tp2pp2sp")
@@ -95,7 +95,7 @@ def test_planted_inf_skips_the_step_on_every_rank(runs):
 @pytest.mark.timeout(300)
 def test_hf2engine_sharded_conversion_matches_from_hf(tmp_path):
     from optiml_engine.model import OPTForCausalLM
-    from optiml_engine.parallel.convert import hf_to_engine_sharded
+    from optiml_engine.model.hf_shards import hf_to_engine_sharded
     from optiml_engine.training.checkpoint import load_checkpoint
 
     layouts = ["pre_ln", "post_ln_projected"]  # 350M's post-LN with project_in/out

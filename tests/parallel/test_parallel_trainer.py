@@ -67,7 +67,7 @@ def test_parallel_trainer_takes_its_kernels_from_the_dispatcher(tmp_path, monkey
     pytest.importorskip("optiml_engine._C")
     from optiml_engine.kernels import dispatch
     from optiml_engine.optim import zero1
-    from optiml_engine.parallel import engine, state
+    from optiml_engine.distributed import engine, state
 
     monkeypatch.setattr(dispatch, "_defaults", dict(dispatch._defaults))
     monkeypatch.setattr(dispatch, "_logged", set())

@@ -12,11 +12,11 @@ from optiml_engine.kernels.vocab_parallel_cross_entropy import vocab_parallel_cr
 from optiml_engine.optim.clip import clip_grad_norm_
 from optiml_engine.optim.loss_scaler import DynamicLossScaler
 from optiml_engine.optim.zero1 import FlatAdamW
-from optiml_engine.parallel import state
-from optiml_engine.parallel.engine import tp_all_reduces
-from optiml_engine.parallel.interleaved import chunk_layer_ranges, interleaved_order
-from optiml_engine.parallel.pipeline import stage_layer_range
-from optiml_engine.parallel.random import checkpoint, get_rng_tracker, model_parallel_seed
+from optiml_engine.distributed import state
+from optiml_engine.training.engine import tp_all_reduces
+from optiml_engine.distributed.interleaved import chunk_layer_ranges, interleaved_order
+from optiml_engine.distributed.pipeline import stage_layer_range
+from optiml_engine.distributed.random import checkpoint, get_rng_tracker, model_parallel_seed
 
 
 def test_grid_rank_layout_tp_fastest_then_dp_then_pp():
@@ -164,12 +164,12 @@ def test_half_precision_weights_with_fp32_master_track_fp32(dtype):
     sys.path.insert(0, str(Path(__file__).parent))
     import harness
 
-    from optiml_engine.parallel.engine import ParallelEngine
+    from optiml_engine.training.engine import Engine
 
     steps = harness.make_steps(4, 4)
     ref = harness.reference_run(steps, 2)
     torch.manual_seed(harness.SEED)
-    engine = ParallelEngine(harness.OPTForCausalLM(harness.tiny_config()),
+    engine = Engine(harness.OPTForCausalLM(harness.tiny_config()),
                             harness.parallel_config(), harness.optim_config(),
                             harness.precision_config(dtype, initial_loss_scale=2.0**12),
                             harness.SEED)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from optiml_engine.config import load_recipe
-from optiml_engine.parallel import state
+from optiml_engine.distributed import state
 from optiml_engine.parallel.trainer import ParallelTrainer
 
 

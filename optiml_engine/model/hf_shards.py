@@ -18,16 +18,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 
+from optiml_engine.distributed import checkpoint as ckpt
+from optiml_engine.distributed import state
+from optiml_engine.distributed.pipeline import stage_layer_range
 from optiml_engine.errors import OptimlError
 from optiml_engine.model.hf_io import config_from_hf, fuse_qkv
+from optiml_engine.model.parallelize import check_divisible
 from optiml_engine.model.presets import resolve_model_config
-from optiml_engine.parallel import state
-from optiml_engine.parallel.checkpoint import as_global
-from optiml_engine.parallel.pipeline import stage_layer_range
-from optiml_engine.parallel.tensor_parallel import check_divisible
-from optiml_engine.training.checkpoint import META
 
 
 class _Reader:
@@ -135,14 +133,10 @@ def hf_to_engine_sharded(hf_dir, out, tp: int = 1, pp: int = 1) -> Path:
             raise OptimlError("optiml convert hf2engine", f"{g.world_size} processes for "
                               f"--tp {tp} --pp {pp}", f"launch exactly {tp * pp} processes")
         weights = local_weights(_Reader(hf_dir), cfg, g.tp_rank, tp, g.pp_rank, pp)
-        model = {name: as_global(t, dim) for name, (t, dim) in weights.items()}
-        dcp.save({"model": model}, checkpoint_id=str(out), process_group=state.world_group())
-        if g.rank == 0:
-            meta = {"kind": "model", "step": 0, "source": str(hf_dir),
-                    "layout": {"tp": tp, "pp": pp}, "model_config": dataclasses.asdict(cfg)}
-            (out / META).write_text(json.dumps(meta, indent=2))
-        if state.world_group() is not None:
-            dist.barrier(group=state.world_group())
+        model = {name: ckpt.as_global(t, dim) for name, (t, dim) in weights.items()}
+        ckpt.save(out, {"model": model}, {"step": 0, "source": str(hf_dir),
+                                          "model_config": dataclasses.asdict(cfg)},
+                  kind="model", with_rng=False)
     finally:
         if owned:
             state.destroy(keep_process_group=had_group)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from optiml_engine.parallel import state
+from optiml_engine.distributed import state
 
 SEQ_DIM = 1
 

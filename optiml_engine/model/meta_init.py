@@ -1,13 +1,13 @@
 """Build only this rank's part of an OPT model, never the whole of it.
 
-The model is first built on the `meta` device (shapes, no storage); `ParallelEngine` keeps its
+The model is first built on the `meta` device (shapes, no storage); the training engine keeps its
 pipeline stage and swaps in the tensor-parallel layers there, then `materialize` allocates the
 parameters that are left, asking a source for each one's local values:
 
     RandomInit   OPT's initialisation: the FULL tensor from its own seeded generator
                  (`model.opt.initial_value`), one tensor at a time, sliced to this rank's
                  shard, so every layout holds the same full weights as one process
-    HFInit       this rank's slices read from a Hugging Face directory (parallel/convert.py's
+    HFInit       this rank's slices read from a Hugging Face directory (model/hf_shards.py's
                  reader: safetensors slices straight from disk)
     EmptyInit    uninitialised storage, for a resume whose checkpoint then fills every shard
 
@@ -24,20 +24,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from optiml_engine.distributed.layers import shard
+from optiml_engine.distributed.state import ParallelGrid
 from optiml_engine.model.opt import OPTForCausalLM, initial_value
-from optiml_engine.parallel.interleaved import keep_chunks
-from optiml_engine.parallel.layers import shard
-from optiml_engine.parallel.pipeline import decoder_layers, keep_stage
-from optiml_engine.parallel.tensor_parallel import apply_tensor_parallel
-
-
-@dataclass
-class Layout:
-    tp_rank: int = 0
-    tp: int = 1
-    pp_rank: int = 0
-    pp: int = 1
-    virtual: int = 1
+from optiml_engine.model.parallelize import (
+    apply_tensor_parallel,
+    decoder_layers,
+    keep_chunks,
+    keep_stage,
+)
 
 
 @dataclass
@@ -70,7 +65,7 @@ class RandomInit:
     def __init__(self, init_seed: int, std: float):
         self.init_seed, self.std = init_seed, std
 
-    def __call__(self, name: str, param, layout: Layout, stats: InitStats) -> torch.Tensor:
+    def __call__(self, name: str, param, layout: ParallelGrid, stats: InitStats) -> torch.Tensor:
         shape, dim = _full_shape(param, layout.tp)
         full = initial_value(name, shape, self.init_seed, self.std)
         stats.peak_full_bytes = max(stats.peak_full_bytes, full.numel() * full.element_size())
@@ -78,7 +73,7 @@ class RandomInit:
 
 
 class EmptyInit:
-    def __call__(self, name: str, param, layout: Layout, stats: InitStats) -> torch.Tensor:
+    def __call__(self, name: str, param, layout: ParallelGrid, stats: InitStats) -> torch.Tensor:
         return torch.empty(param.shape, dtype=torch.float32)
 
 
@@ -90,8 +85,8 @@ class HFInit:
     def __init__(self, path, config):
         self.path, self.config, self.weights = Path(path), config, None
 
-    def _read(self, cfg, layout: Layout) -> dict:
-        from optiml_engine.parallel.convert import _Reader, local_weights
+    def _read(self, cfg, layout: ParallelGrid) -> dict:
+        from optiml_engine.model.hf_shards import _Reader, local_weights
 
         reader, out = _Reader(self.path), {}
         stages = layout.pp * layout.virtual
@@ -100,7 +95,7 @@ class HFInit:
                                      chunk * layout.pp + layout.pp_rank, stages))
         return out
 
-    def __call__(self, name: str, param, layout: Layout, stats: InitStats) -> torch.Tensor:
+    def __call__(self, name: str, param, layout: ParallelGrid, stats: InitStats) -> torch.Tensor:
         if self.weights is None:
             self.weights = self._read(self.config, layout)
         if name not in self.weights:
@@ -122,7 +117,7 @@ def hf_meta_model(path, dropout: float) -> tuple[OPTForCausalLM, HFInit]:
     return model, HFInit(path, model.config)
 
 
-def materialize(model: nn.Module, source, layout: Layout, device=None) -> InitStats:
+def materialize(model: nn.Module, source, layout: ParallelGrid, device=None) -> InitStats:
     """Replace every meta parameter of `model` (in place) by real storage on `device` filled by
     `source(name, param, layout, stats)`; attributes such as tp_shard_dim are kept."""
     stats = InitStats()
@@ -153,7 +148,7 @@ def materialize(model: nn.Module, source, layout: Layout, device=None) -> InitSt
     return stats
 
 
-def shard_model(model, layout: Layout, tp_group, sequence_parallel: bool, source=None,
+def shard_model(model, layout: ParallelGrid, tp_group, sequence_parallel: bool, source=None,
                 device=None) -> tuple[list[list[nn.Module]], InitStats | None]:
     """Keep this rank's pipeline stage (or virtual-stage chunks) and tensor-parallel slices of
     `model`, in place; a model on the meta device is sharded there and then materialised by

@@ -1,9 +1,7 @@
-"""Pipeline parallelism: stage partitioning of an OPT model and the 1F1B schedule.
+"""Pipeline parallelism: which layers each stage runs, and the 1F1B schedule.
 
-Stage s keeps a contiguous range of decoder layers (as `decoder.layers`, a ModuleDict keyed by
-the global layer index, so parameter names do not depend on the layout). The first stage also
-keeps the embeddings; the last keeps the final LayerNorm and a copy of the token embedding as
-the tied output layer, whose gradient is summed with the first stage's over the "embed" group.
+Stage s runs a contiguous range of layers (`stage_layer_range`); what a model keeps on each
+stage is the model's own business (model/parallelize.py for OPT).
 
 1F1B (PipeDream-flush, as in Megatron): stage s runs pp - s - 1 warm-up forwards, then
 alternates one forward and one backward, then drains the remaining backwards. Activations
@@ -17,7 +15,6 @@ from collections import deque
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 
 def stage_layer_range(num_layers: int, pp: int, stage: int) -> range:
@@ -27,28 +24,6 @@ def stage_layer_range(num_layers: int, pp: int, stage: int) -> range:
     base, extra = divmod(num_layers, pp)
     start = stage * base + min(stage, extra)
     return range(start, start + base + (1 if stage < extra else 0))
-
-
-def keep_stage(model, stage: int, pp: int):
-    """Drop from `model` (in place) what stage `stage` of `pp` does not run; returns model."""
-    dec = model.decoder
-    layers = stage_layer_range(len(dec.layers), pp, stage)
-    dec.layers = nn.ModuleDict({str(i): dec.layers[i] for i in layers})
-    first, last = stage == 0, stage == pp - 1
-    if not first:
-        dec.embed_positions = None
-        dec.project_in = None
-    if not last:
-        dec.final_layer_norm = None
-        dec.project_out = None
-    if not first and not last:
-        dec.embed_tokens = None
-    return model
-
-
-def decoder_layers(model):
-    layers = model.decoder.layers
-    return list(layers.values()) if isinstance(layers, nn.ModuleDict) else list(layers)
 
 
 def _exchange(send_next=None, send_prev=None, recv_next=None, recv_prev=None, peers=(None, None)):

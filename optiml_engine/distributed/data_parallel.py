@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from optiml_engine.parallel.mappings import group_size
+from optiml_engine.distributed.mappings import group_size
 
 
 class GradBucketer:

@@ -19,6 +19,7 @@ import torch.utils.checkpoint
 
 TP_STREAM = "tensor-parallel"
 _TP_SEED_OFFSET = 2718  # keeps the per-rank streams away from the shared seed
+_PP_SEED_OFFSET = 100
 
 
 def _device_rng():
@@ -73,11 +74,15 @@ def get_rng_tracker() -> RNGTracker:
     return _TRACKER
 
 
-def model_parallel_seed(seed: int, tp_rank: int) -> None:
-    """Seed the shared stream (same on all ranks) and this rank's tensor-parallel stream."""
-    torch.manual_seed(seed)
+def model_parallel_seed(seed: int, tp_rank: int = 0, pp_rank: int = 0, tp: int = 1) -> None:
+    """Seed the default stream per pipeline stage (the same on every tensor-parallel rank of
+    the stage; Megatron's offset of 100 per stage, so stage k's masks are not stage 0's) and,
+    with tp > 1, this rank's tensor-parallel stream."""
+    stage_seed = seed + _PP_SEED_OFFSET * pp_rank
+    torch.manual_seed(stage_seed)  # every device's generator
     _TRACKER.reset()
-    _TRACKER.add(TP_STREAM, seed + _TP_SEED_OFFSET + tp_rank)
+    if tp > 1:
+        _TRACKER.add(TP_STREAM, stage_seed + _TP_SEED_OFFSET + tp_rank)
 
 
 def checkpoint(fn, *args, **kwargs):

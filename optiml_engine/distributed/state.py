@@ -20,10 +20,14 @@ from optiml_engine.errors import OptimlError
 
 @dataclass
 class ParallelGrid:
+    """The layout of the ranks (the one layout type: a single process is 1 x 1 x 1) and this
+    rank's groups. `virtual`: model chunks per pipeline rank (interleaved schedule)."""
+
     tp: int = 1
     dp: int = 1
     pp: int = 1
     rank: int = 0
+    virtual: int = 1
     groups: dict = field(default_factory=dict)  # name -> process group (or None)
     ranks: dict = field(default_factory=dict)  # name -> the ranks of this rank's group
     owned_groups: list = field(default_factory=list)  # created here, freed by destroy()
@@ -67,7 +71,7 @@ def _group_lists(tp: int, dp: int, pp: int) -> dict[str, list[list[int]]]:
 
 
 def initialize(tp: int = 1, pp: int = 1, backend: str = "auto", rank: int | None = None,
-               world_size: int | None = None) -> ParallelGrid:
+               world_size: int | None = None, virtual: int = 1) -> ParallelGrid:
     """Build the grid from torchrun's environment (or the given rank / world size).
 
     Initialises the default process group when there are several ranks and none exists yet.
@@ -88,7 +92,7 @@ def initialize(tp: int = 1, pp: int = 1, backend: str = "auto", rank: int | None
                           f"tp={tp} x pp={pp} does not divide the {world_size} processes",
                           "launch a multiple of tp*pp processes (torchrun --nproc_per_node)")
     dp = world_size // (tp * pp)
-    grid = ParallelGrid(tp, dp, pp, rank)
+    grid = ParallelGrid(tp, dp, pp, rank, virtual)
     names = ("tp", "dp", "pp", "mp", "embed", "world")
     grid.groups, grid.ranks = dict.fromkeys(names), {k: [0] for k in names}
     if full_world > 1:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optiml_engine.parallel import mappings, state
+from optiml_engine.distributed import mappings, state
 
 
 def shard(full: torch.Tensor, dim: int, rank: int, size: int) -> torch.Tensor:

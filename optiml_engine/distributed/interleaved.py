@@ -15,29 +15,12 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
-from optiml_engine.parallel.pipeline import stage_layer_range
+from optiml_engine.distributed.pipeline import stage_layer_range
 
 
 def chunk_layer_ranges(num_layers: int, pp: int, v: int, rank: int) -> list[range]:
     return [stage_layer_range(num_layers, pp * v, c * pp + rank) for c in range(v)]
-
-
-def keep_chunks(model, rank: int, pp: int, v: int) -> list[list[nn.Module]]:
-    """Keep (in place) the layers of this rank's chunks; returns the layers of each chunk."""
-    dec = model.decoder
-    ranges = chunk_layer_ranges(len(dec.layers), pp, v, rank)
-    dec.layers = nn.ModuleDict({str(i): dec.layers[i] for r in ranges for i in r})
-    if rank != 0:
-        dec.embed_positions = None
-        dec.project_in = None
-    if rank != pp - 1:
-        dec.final_layer_norm = None
-        dec.project_out = None
-    if rank not in (0, pp - 1):
-        dec.embed_tokens = None
-    return [[dec.layers[str(i)] for i in r] for r in ranges]
 
 
 def interleaved_order(num_micro: int, pp: int, v: int, rank: int) -> list[tuple[str, int, int]]:

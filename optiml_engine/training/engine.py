@@ -1,21 +1,25 @@
-"""One training step of an OPT model under any tensor x data x pipeline layout.
+"""One training step of an OPT model under any tensor x data x pipeline layout, one process
+(1 x 1 x 1) included: each technique whose size is 1 is simply off.
 
-`ParallelEngine` takes the model, either whole (initialised identically on every rank) or on the
-meta device (parallel/init.py: only this rank's part is then ever allocated), keeps this rank's
-part (tensor-parallel slices, pipeline stage), and runs steps:
+`Engine` takes the model, either whole or on the meta device (model/meta_init.py: only this
+rank's part is then ever allocated), keeps this rank's part (tensor-parallel slices, pipeline
+stage), and runs steps:
 
   micro-batches -> (1F1B over stages) forward + backward of sum(loss) * scale / target_tokens
   -> data-parallel gradient sum (bucketed all-reduce overlapped with backward, or ZeRO-1's
   reduce-scatter) -> sequence-parallel and tied-embedding gradient sums -> unscale, skip on
   inf/NaN, global-norm clip, AdamW on fp32 master weights -> loss reported on every rank.
 
-The loss (kernels.linear_cross_entropy over vocabulary shards, chunk by chunk of target tokens,
-so the logits never exist in full; or kernels.vocab_parallel_cross_entropy on full logits when
-loss_chunk_tokens is 0) and the AdamW update (kernels.adamw_step, in optim/zero1.py) run on the
-backends the recipe's `kernels:` section picks (kernels.dispatch).
+Precision is the recipe's alone, never the process count's: fp32; bf16 weights with fp32
+masters; fp16 with fp32 masters and the dynamic loss scaler. A step whose gradients are not
+finite is skipped in every dtype (optim/zero1.py, optim/loss_scaler.py).
 
-target_tokens counts the loss-mask tokens of the whole global batch (every micro-batch of every
-data-parallel rank), OPT-IML's normalisation, so every layout computes the same loss.
+The forward of a stage is the model's own (`OPTForCausalLM.hidden_states`); the loss is
+`kernels.lm_loss_sum` over this rank's vocabulary shard, chunk by chunk of target tokens
+(`kernels.loss_chunk_tokens`), its reductions over the tensor-parallel group (a group of one
+on one rank). target_tokens counts the loss-mask tokens of the whole global batch (every
+micro-batch of every data-parallel rank), OPT-IML's normalisation (§3.2), so every layout
+computes the same loss.
 """
 
 from __future__ import annotations
@@ -24,21 +28,21 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
+from optiml_engine.distributed import checkpoint as ckpt
+from optiml_engine.distributed import mappings, state
+from optiml_engine.distributed.data_parallel import GradBucketer
+from optiml_engine.distributed.interleaved import run_interleaved
+from optiml_engine.distributed.pipeline import one_f_one_b
+from optiml_engine.distributed.random import checkpoint, model_parallel_seed
+from optiml_engine.distributed.tensor_parallel import sync_sequence_parallel_grads
 from optiml_engine.errors import OptimlError
-from optiml_engine.kernels.linear_cross_entropy import DEFAULT_CHUNK, linear_cross_entropy
-from optiml_engine.kernels.vocab_parallel_cross_entropy import vocab_parallel_cross_entropy
+from optiml_engine.kernels.linear_cross_entropy import DEFAULT_CHUNK
+from optiml_engine.kernels.lm_loss import lm_loss_sum
+from optiml_engine.model.meta_init import shard_model
 from optiml_engine.optim.clip import counts_once_over_tp
 from optiml_engine.optim.loss_scaler import build_loss_scaler
 from optiml_engine.optim.zero1 import FlatAdamW
-from optiml_engine.parallel import mappings, state
-from optiml_engine.parallel.data_parallel import GradBucketer
-from optiml_engine.parallel.init import Layout, shard_model
-from optiml_engine.parallel.interleaved import run_interleaved
-from optiml_engine.parallel.pipeline import one_f_one_b
-from optiml_engine.parallel.random import checkpoint, model_parallel_seed
-from optiml_engine.parallel.tensor_parallel import sync_sequence_parallel_grads
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -49,27 +53,29 @@ def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
     return t
 
 
-def _in_place_identity(t: torch.Tensor) -> torch.Tensor:
-    return t
-
-
 def tp_all_reduces(group):
-    """The in-place (MAX, SUM) all-reduces over the tensor-parallel group that
-    kernels.vocab_parallel_cross_entropy combines its per-shard statistics with."""
+    """The in-place (MAX, SUM) all-reduces over the tensor-parallel group that the loss
+    combines its per-shard statistics with (None, None: a group of one)."""
     if mappings.group_size(group) == 1:
-        return _in_place_identity, _in_place_identity
+        return None, None
     return (partial(dist.all_reduce, op=dist.ReduceOp.MAX, group=group),
             partial(dist.all_reduce, op=dist.ReduceOp.SUM, group=group))
 
 
-class ParallelEngine:
+def _recomputed(layer, h, doc_ids, kv_doc_ids, kv_cache):
+    if not torch.is_grad_enabled():
+        return layer(h, doc_ids, kv_doc_ids, kv_cache)
+    return checkpoint(layer, h, doc_ids, kv_doc_ids, kv_cache)
+
+
+class Engine:
     def __init__(self, model, parallel, optim, precision, seed: int = 0, init=None,
                  device=None, loss_chunk_tokens: int = DEFAULT_CHUNK):
         """parallel, optim, precision: the recipe's ParallelConfig, OptimConfig,
         PrecisionConfig; loss_chunk_tokens: the recipe's kernels.loss_chunk_tokens. The grid
-        (parallel.state) must be initialised, or absent for 1 rank. A model on the meta device
-        is sharded there, then its local parameters are materialised on `device` by `init` (a
-        parallel.init source; default: OPT's random init from the model's seed)."""
+        (distributed.state) must be initialised, or absent for 1 rank. A model on the meta
+        device is sharded there, then its local parameters are materialised on `device` by
+        `init` (a model.meta_init source; default: OPT's random init from the model's seed)."""
         g = self.grid = state.grid()
         self.virtual = parallel.virtual_stages
         if self.virtual > 1 and (g.pp == 1 or dist.get_backend() != "gloo"):
@@ -85,14 +91,13 @@ class ParallelEngine:
                               f"{g.pp} x {self.virtual} pipeline stages for "
                               f"{model.config.num_layers} layers",
                               "use at most one stage per layer")
+        g.virtual = self.virtual
         self.sp = parallel.sp and g.tp > 1
-        self.recompute = parallel.recompute == "full"
+        self.run_layer = _recomputed if parallel.recompute == "full" else None
         self.first, self.last = state.is_first_stage(), state.is_last_stage()
-        layout = Layout(g.tp_rank, g.tp, g.pp_rank, g.pp, self.virtual)
-        self.chunks, self.init_stats = shard_model(model, layout, state.tp_group(), self.sp,
-                                                   init, device)
-        if g.tp > 1:
-            model_parallel_seed(seed, g.tp_rank)
+        self.chunks, self.init_stats = shard_model(model, g, state.tp_group(), self.sp, init,
+                                                   device)
+        model_parallel_seed(seed, g.tp_rank, g.pp_rank, g.tp)
         self.model = model
         self.config = model.config
         params = [p for p in model.parameters() if p.requires_grad]
@@ -120,34 +125,21 @@ class ParallelEngine:
     def stage_forward(self, batch, x, chunk: int = 0):
         """The received activation x (None on the first stage) -> activation to send, or the
         fp32 summed masked loss on the last stage."""
-        dec = self.model.decoder
         first = self.first and chunk == 0
         last = self.last and chunk == self.virtual - 1
-        h = dec.embed(batch["tokens"], batch["position_ids"]) if first else x
-        doc_ids = batch["doc_ids"]
-        for layer in self.chunks[chunk]:
-            if self.recompute and torch.is_grad_enabled():
-                h = checkpoint(layer, h, doc_ids, doc_ids)
-            else:
-                h = layer(h, doc_ids, doc_ids)
+        h = self.model.hidden_states(batch["tokens"] if first else x, batch["position_ids"],
+                                     batch["doc_ids"], layers=self.chunks[chunk], embed=first,
+                                     head=last, run_layer=self.run_layer)
         if not last:
             return h
-        h = dec.head(h)
         if self.sp:
             h = mappings.gather_from_sequence_parallel_region(h)
         else:
             h = mappings.copy_to_tp_region(h)
-        vocab_start = getattr(dec.embed_tokens, "vocab_start", 0)
-        if self.loss_chunk_tokens:
-            sharded = self.grid.tp > 1  # one rank: the single-device loss-and-gradient path
-            return linear_cross_entropy(
-                h, dec.embed_tokens.weight, batch["labels"], batch["loss_mask"],
-                self.loss_chunk_tokens, vocab_start=vocab_start,
-                all_reduce_max=self.tp_reduce_max if sharded else None,
-                all_reduce_sum=self.tp_reduce_sum if sharded else None)
-        logits = F.linear(h, dec.embed_tokens.weight)
-        return vocab_parallel_cross_entropy(logits, batch["labels"], batch["loss_mask"],
-                                            vocab_start, self.tp_reduce_max, self.tp_reduce_sum)
+        emb = self.model.decoder.embed_tokens
+        return lm_loss_sum(h, emb.weight, batch["labels"], batch["loss_mask"],
+                           self.loss_chunk_tokens, getattr(emb, "vocab_start", 0),
+                           self.tp_reduce_max, self.tp_reduce_sum)
 
     def activation_shape(self, batch) -> tuple[int, int, int]:
         b, s = batch["tokens"].shape
@@ -186,7 +178,7 @@ class ParallelEngine:
                             lambda c, m, x, y, dy, final: backward_step(m, x, y, dy, final, c),
                             len(batches), g.pp_rank, g.pp, self.virtual, state.pp_ranks(),
                             self.activation_shape(batches[0]), self.dtype, self.device)
-        elif g.pp == 1:
+        elif g.pp == 1:  # Megatron's forward_backward_no_pipelining
             for i in range(len(batches)):
                 backward_step(i, None, forward_step(i, None), None)
         else:
@@ -210,3 +202,54 @@ class ParallelEngine:
             sync_sequence_parallel_grads(self.model, state.tp_group())
         if self.tied_weight is not None and self.tied_weight.grad is not None:
             _all_reduce(self.tied_weight.grad, state.embed_group())
+
+    # -- checkpoint state (layout independent: see distributed/checkpoint.py) -------------------
+
+    def tensors(self, with_optimizer: bool = True, with_master: bool | None = None) -> dict:
+        """The nested state DCP saves, or loads in place (fresh tensors for the optimizer)."""
+        named = list(self.model.named_parameters())
+        out = {"model": ckpt.model_state(self.model)}
+        if not with_optimizer:
+            return out
+        per_param = self.optimizer.param_states()
+        out["optim"] = {"state": {
+            n: {k: ckpt.like_param(s[k].clone(), p) for k in ("exp_avg", "exp_avg_sq")}
+            for (n, p), s in zip(named, per_param, strict=True)}}
+        if with_master is None:
+            with_master = self.dtype != torch.float32
+        if with_master:
+            out["master"] = {n: ckpt.like_param(s["master"].clone(), p)
+                             for (n, p), s in zip(named, per_param, strict=True)}
+        return out
+
+    def meta(self) -> dict:
+        return {"optimizer_step": self.optimizer.step_count,
+                "loss_scaler": self.scaler.state_dict(),
+                "has_master": self.dtype != torch.float32}
+
+    def load(self, path) -> dict:
+        """Weights, and the optimizer state when the checkpoint has it (any format, any layout),
+        into this rank's part; returns the checkpoint's meta."""
+        meta = ckpt.read_meta(path)
+        with_optim = meta.get("kind") == "train"
+        sd = self.tensors(with_optim, with_master=bool(meta.get("has_master")))
+        ckpt.load(path, sd)
+        named = list(self.model.named_parameters())
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(ckpt.as_local(sd["model"][n]))
+        if not with_optim:  # a weights-only checkpoint (convert hf2engine, initial): fresh moments
+            self.optimizer.load_param_states(
+                [{"master": p.detach().float(),
+                  "exp_avg": torch.zeros_like(p, dtype=torch.float32),
+                  "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32)} for _, p in named], 0)
+            return meta
+        states = []
+        for n, p in named:
+            s = {k: ckpt.as_local(sd["optim"]["state"][n][k]) for k in ("exp_avg", "exp_avg_sq")}
+            s["master"] = ckpt.as_local(sd["master"][n]) if "master" in sd else p.detach().float()
+            states.append(s)
+        step = meta.get("optimizer_step", meta.get("step", 0))  # unversioned: no skipped steps
+        self.optimizer.load_param_states(states, step)
+        self.scaler.load_state_dict(meta.get("loss_scaler", {}))
+        return meta
