@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from optiml_engine.config import Recipe
 from optiml_engine.data.dataset import build_loader
@@ -58,6 +59,8 @@ class Trainer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         p = recipe.parallel
         self.owns_grid = not state.is_initialized()
+        # A process group that was there before (a test's, a sweep's) outlives this run.
+        self.keep_process_group = dist.is_available() and dist.is_initialized()
         if self.owns_grid:
             state.initialize(p.tp, p.pp, p.backend, virtual=p.virtual_stages)
         self.grid = state.grid()
@@ -131,7 +134,7 @@ class Trainer:
         finally:
             self.logger.close()
             if self.owns_grid:
-                state.destroy()
+                state.destroy(keep_process_group=self.keep_process_group)
 
     def _fit(self) -> list[dict[str, float]]:
         cfg = self.recipe

@@ -182,9 +182,9 @@ def test_training_evaluator_logs_scalars_and_history(model, tmp_path):
 
 def test_load_model_from_engine_checkpoint(tiny_models, tmp_path):
     import torch
+    from optiml_engine.training.checkpoint import save_checkpoint
 
     from optiml_engine.eval.harness import load_model
-    from optiml_engine.training.checkpoint import save_checkpoint
 
     ours, _ = tiny_models
     save_checkpoint(tmp_path / "step_0000005", ours,

@@ -26,14 +26,17 @@ def _free_port() -> int:
 
 
 def _run_layout(hf_dir, eos_id, tp, pp, virtual):
+    from optiml_engine.distributed import state
     from optiml_engine.eval.generate import greedy_generate
     from optiml_engine.eval.pipeline_eval import PipelineEvalModel
     from optiml_engine.eval.scoring import score_options
     from optiml_engine.model import OPTForCausalLM
-    from optiml_engine.distributed import state
-    from optiml_engine.distributed.interleaved import keep_chunks
-    from optiml_engine.distributed.pipeline import decoder_layers, keep_stage
-    from optiml_engine.distributed.tensor_parallel import apply_tensor_parallel
+    from optiml_engine.model.parallelize import (
+        apply_tensor_parallel,
+        decoder_layers,
+        keep_chunks,
+        keep_stage,
+    )
 
     state.initialize(tp=tp, pp=pp, world_size=tp * pp)
     try:
@@ -166,10 +169,11 @@ def _trainer_worker(rank, port, recipe_path, bench, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=4)
-    from optiml_engine.config import load_recipe
-    from optiml_engine.eval.pipeline_eval import PipelineEvalModel
-    from optiml_engine.distributed import state
     from optiml_engine.parallel.trainer import ParallelTrainer
+
+    from optiml_engine.config import load_recipe
+    from optiml_engine.distributed import state
+    from optiml_engine.eval.pipeline_eval import PipelineEvalModel
 
     results = {}
     try:

@@ -26,11 +26,11 @@ def _worker(rank, port, hf_dir, out_file):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=2)
     try:
+        from optiml_engine.distributed import state
         from optiml_engine.eval.generate import greedy_generate
         from optiml_engine.eval.scoring import score_options
         from optiml_engine.model import OPTForCausalLM
-        from optiml_engine.distributed import state
-        from optiml_engine.distributed.tensor_parallel import apply_tensor_parallel
+        from optiml_engine.model.parallelize import apply_tensor_parallel
 
         state.initialize(tp=2)
         model = OPTForCausalLM.from_hf(hf_dir).eval()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from attention_inputs import BLOCK, DEVICE, ROWS, doc_ids_from_lengths, gpu_case, qkv
 
+from optiml_engine.distributed.random import checkpoint
 from optiml_engine.kernels import attention as attention_module
 from optiml_engine.kernels.attention import attention
 from optiml_engine.kernels.segments import segment_bounds
@@ -16,7 +17,6 @@ from optiml_engine.kernels.triton_attention import (
     dropout_keep_mask,
     triton_attention,
 )
-from optiml_engine.distributed.random import checkpoint
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 

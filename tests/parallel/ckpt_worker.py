@@ -17,10 +17,10 @@ from harness import (
     tiny_config,
 )
 
-from optiml_engine.model import OPTForCausalLM
-from optiml_engine.optim.loss_scaler import DynamicLossScaler
 from optiml_engine.distributed import checkpoint as pckpt
 from optiml_engine.distributed import state
+from optiml_engine.model import OPTForCausalLM
+from optiml_engine.optim.loss_scaler import DynamicLossScaler
 from optiml_engine.training.engine import Engine
 
 MICRO = 2
@@ -46,23 +46,27 @@ def done() -> None:
     dist.barrier()
 
 
+AFTER = 3  # steps compared after a load: lost Adam moments would show in the 2nd and 3rd
+
+
 def reshard_worker(rank: int, steps, out_dir: str, saves, loads) -> None:
-    """saves: layouts that train len(steps)-1 steps, save, then take the last step;
-    loads: (layout, saved-layout name) pairs that load and take the last step."""
+    """saves: layouts that train len(steps) - AFTER steps, save, then take the last AFTER;
+    loads: (layout, saved-layout name) pairs that load and take the last AFTER steps."""
     results = {}
+    split = len(steps) - AFTER
     for name, layout in saves.items():
         engine = build_engine(**layout)
         if engine is not None:
-            for batch in steps[:-1]:
+            for batch in steps[:split]:
                 step(engine, batch)
-            pckpt.save(engine, Path(out_dir) / name, {"step": len(steps) - 1})
-            results[f"save-{name}"] = step(engine, steps[-1])["loss"]
+            pckpt.save(Path(out_dir) / name, engine.tensors(), {"step": split, **engine.meta()})
+            results[f"save-{name}"] = [step(engine, b)["loss"] for b in steps[split:]]
         done()
     for name, (layout, source) in loads.items():
         engine = build_engine(**layout)
         if engine is not None:
-            pckpt.load(engine, Path(out_dir) / source)
-            results[f"load-{name}"] = step(engine, steps[-1])["loss"]
+            engine.load(Path(out_dir) / source)
+            results[f"load-{name}"] = [step(engine, b)["loss"] for b in steps[split:]]
         done()
     Path(out_dir, f"reshard{rank}.json").write_text(json.dumps(results))
 

@@ -1,6 +1,6 @@
 """Shared pieces of the multi-process tests: a tiny OPT, synthetic packed batches, the
-single-process reference loop (the engine's model + torch AdamW + clip_grad_norm_, independent of
-the parallel code) and a spawner of gloo process groups."""
+single-process reference loop (the plain model + torch.optim.AdamW + clip_grad_norm_, independent
+of the engine) and a spawner of gloo process groups."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import torch.multiprocessing as mp
 
 from optiml_engine.config import ModelConfig, OptimConfig, ParallelConfig, PrecisionConfig
 from optiml_engine.model import OPTForCausalLM
-from optiml_engine.optim.builder import build_optimizer
 
 SEED = 1234
 SEQ = 16
@@ -77,25 +76,60 @@ def micro_batches(step: dict, dp_rank: int, dp: int, micro: int) -> list[dict]:
             for i in range(0, n, micro)]
 
 
-def reference_run(steps: list[dict], micro: int, cfg=None, optim=None) -> dict:
-    """One process, plain model: losses, grad norms and final weights."""
+def _loss_sum(model, b, layers, stage_of_layer, streams, dp_rank) -> torch.Tensor:
+    """The unsharded model run layer by layer, each pipeline stage's layers on the dropout
+    stream the engine documents for (data-parallel rank, stage): seed + 100 * stage, one stream
+    per data-parallel rank. The loss is plain F.cross_entropy on full logits."""
+    dec = model.decoder
+
+    def on(stage, fn):
+        torch.set_rng_state(streams[dp_rank, stage])
+        out = fn()
+        streams[dp_rank, stage] = torch.get_rng_state()
+        return out
+
+    h = on(0, lambda: dec.embed(b["tokens"], b["position_ids"]))
+    for i, layer in enumerate(layers):
+        h = on(stage_of_layer[i], lambda layer=layer, h=h: layer(h, b["doc_ids"], b["doc_ids"]))
+    logits = torch.nn.functional.linear(dec.head(h), dec.embed_tokens.weight)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                           b["labels"].reshape(-1), reduction="none")
+    return (ce * b["loss_mask"].reshape(-1)).sum()
+
+
+def reference_run(steps: list[dict], micro: int, cfg=None, optim=None, pp: int = 1,
+                  dp: int = 1) -> dict:
+    """One process, plain model, torch.optim.AdamW (no decay on biases and LayerNorms) and
+    clip_grad_norm_: losses, grad norms and final weights. With dropout, `pp` and `dp` say
+    which of the engine's per-(stage, data-parallel rank) streams each draw comes from (with
+    dropout 0 they change nothing)."""
+    from optiml_engine.distributed.pipeline import stage_layer_range
+
     cfg, optim = cfg or tiny_config(), optim or optim_config()
     torch.manual_seed(SEED)
     model = OPTForCausalLM(cfg)
-    opt = build_optimizer(model, optim)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=optim.lr,
+                            betas=tuple(optim.betas), eps=optim.eps)
+    layers = list(model.decoder.layers)
+    stage_of_layer = {i: s for s in range(pp) for i in stage_layer_range(len(layers), pp, s)}
+    streams = {}
+    for s in range(pp):
+        torch.manual_seed(SEED + 100 * s)
+        streams.update({(r, s): torch.get_rng_state() for r in range(dp)})
     losses, norms = [], []
     for step in steps:
         n = float(step["loss_mask"].sum())
         opt.zero_grad(set_to_none=True)
         total = 0.0
-        for b in micro_batches(step, 0, 1, micro):
-            loss = model.loss_sum(b["tokens"], b["position_ids"], b["doc_ids"], b["labels"],
-                                  b["loss_mask"])
-            (loss / n).backward()
-            total += float(loss.detach())
+        for r in range(dp):
+            for b in micro_batches(step, r, dp, micro):
+                loss = _loss_sum(model, b, layers, stage_of_layer, streams, r)
+                (loss / n).backward()
+                total += float(loss.detach())
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad)))
-        for group in opt.param_groups:
-            group["lr"] = optim.lr
         opt.step()
         losses.append(total / n)
     return {"losses": losses, "norms": norms,

@@ -12,10 +12,10 @@ import torch
 import torch.distributed as dist
 from harness import SEED, optim_config, parallel_config, precision_config, tiny_config
 
-from optiml_engine.model import OPTForCausalLM
 from optiml_engine.distributed import checkpoint as pckpt
-from optiml_engine.model import meta_init as pinit
 from optiml_engine.distributed import state
+from optiml_engine.model import OPTForCausalLM
+from optiml_engine.model import meta_init as pinit
 from optiml_engine.training.engine import Engine
 
 # Full size ~210 MB in fp32, a TP2 x PP2 rank's share ~1/4 of it.
@@ -54,14 +54,13 @@ def memory_case(big_cfg) -> dict:
     the peak after minus the resident set before (the peak reset just before)."""
     g = state.initialize(2, 2, world_size=4)
     # The first meta-device use imports torch's meta kernels (~100 MB of modules): not ours.
-    pinit.shard_model(pinit.meta_model(tiny_config(), SEED), pinit.Layout(g.tp_rank, g.tp,
-                      g.pp_rank, g.pp), state.tp_group(), sequence_parallel=True)
+    pinit.shard_model(pinit.meta_model(tiny_config(), SEED), g, state.tp_group(),
+                      sequence_parallel=True)
     gc.collect()
     reset_peak_rss()
     before = rss_bytes()
     model = pinit.meta_model(big_cfg, SEED)
-    layout = pinit.Layout(g.tp_rank, g.tp, g.pp_rank, g.pp)
-    _, stats = pinit.shard_model(model, layout, state.tp_group(), sequence_parallel=True)
+    _, stats = pinit.shard_model(model, g, state.tp_group(), sequence_parallel=True)
     growth = peak_rss_bytes() - before
     local = sum(p.numel() * p.element_size() for p in model.parameters())
     checksum = {n: float(p.detach().double().sum()) for n, p in model.named_parameters()}
@@ -152,14 +151,14 @@ def resume_case(out_dir: str) -> dict:
                                precision_config(), SEED)
         fresh_calls = calls["n"]
         path = Path(out_dir) / "resume-ckpt"
-        pckpt.save(saved, path, {"step": 0})
+        pckpt.save(path, saved.tensors(), {"step": 0, **saved.meta()})
         done()
         g = state.initialize(4, 1, world_size=4)
         calls["n"] = 0
         engine = Engine(pinit.meta_model(tiny_config(), SEED), parallel_config(4, 1),
                                 optim_config(), precision_config(), SEED,
                                 init=pinit.EmptyInit())
-        pckpt.load(engine, path)
+        engine.load(path)
         resume_calls = calls["n"]
         torch.manual_seed(SEED)
         ref = OPTForCausalLM(tiny_config()).state_dict()

@@ -6,17 +6,17 @@ import pytest
 import torch
 from torch import nn
 
+from optiml_engine.distributed import state
+from optiml_engine.distributed.interleaved import chunk_layer_ranges, interleaved_order
+from optiml_engine.distributed.pipeline import stage_layer_range
+from optiml_engine.distributed.random import checkpoint, get_rng_tracker, model_parallel_seed
 from optiml_engine.errors import OptimlError
 from optiml_engine.kernels.cross_entropy import masked_cross_entropy
 from optiml_engine.kernels.vocab_parallel_cross_entropy import vocab_parallel_cross_entropy
 from optiml_engine.optim.clip import clip_grad_norm_
 from optiml_engine.optim.loss_scaler import DynamicLossScaler
 from optiml_engine.optim.zero1 import FlatAdamW
-from optiml_engine.distributed import state
 from optiml_engine.training.engine import tp_all_reduces
-from optiml_engine.distributed.interleaved import chunk_layer_ranges, interleaved_order
-from optiml_engine.distributed.pipeline import stage_layer_range
-from optiml_engine.distributed.random import checkpoint, get_rng_tracker, model_parallel_seed
 
 
 def test_grid_rank_layout_tp_fastest_then_dp_then_pp():
@@ -62,7 +62,7 @@ def test_loss_scaler_backoff_hysteresis_growth_and_abort():
 
 
 def test_recompute_replays_both_rng_streams():
-    model_parallel_seed(7, tp_rank=0)
+    model_parallel_seed(7, tp_rank=0, tp=2)
     lin = nn.Linear(8, 8)
     x = torch.randn(4, 8, requires_grad=True)
 
