@@ -21,6 +21,7 @@ demo: install
 		--out runs/demo/eval
 
 test: install
+	$(PYTHON) tools/check_imports.py
 	$(PYTHON) -m pytest -q
 
 test-fast: install

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from optiml_engine.config import resolve_model_config
 from optiml_engine.distributed import checkpoint as ckpt
 from optiml_engine.distributed import state
 from optiml_engine.distributed.pipeline import stage_layer_range
 from optiml_engine.errors import OptimlError
 from optiml_engine.model.hf_io import config_from_hf, fuse_qkv
 from optiml_engine.model.parallelize import check_divisible
-from optiml_engine.model.presets import resolve_model_config
 
 
 class _Reader:

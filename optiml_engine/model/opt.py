@@ -130,7 +130,7 @@ class OPTForCausalLM(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        from optiml_engine.model.presets import resolve_model_config
+        from optiml_engine.config import resolve_model_config
 
         self.config = resolve_model_config(cfg)
         # One draw from the global RNG seeds every tensor (see initial_value); the layers'
