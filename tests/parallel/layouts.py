@@ -26,10 +26,12 @@ def layout_name(layout: dict) -> str:
     return "-".join(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in layout.items())
 
 
-def reference_key(layout: dict) -> str:
+def reference_key(layout: dict) -> str | None:
     """Which reference run a layout is compared with: with dropout, the one drawing from the
     same per-(stage, data-parallel rank) streams (tensor parallelism has no exact reference)."""
     drop = layout.get("drop", 0.0)
+    if layout.get("dtype", "fp32") != "fp32":  # compared with the same dtype on one process
+        return "plain"
     if not drop:
         return "plain"
     pp, dp = (layout["pp"], layout["dp"]) if layout["tp"] == 1 else (1, 1)
@@ -64,7 +66,8 @@ def run_layout(rank: int, layout: dict, steps, references, micro: int) -> dict |
                               layout.get("recompute", "none"),
                               virtual_stages=layout.get("vs", 1))
         # Chunks of 7 target tokens (several per micro-batch); chunk 0: full logits.
-        engine = Engine(model, par, optim_config(), precision_config(), SEED,
+        precision = precision_config(layout.get("dtype", "fp32"))
+        engine = Engine(model, par, optim_config(), precision, SEED,
                                 loss_chunk_tokens=layout.get("chunk", 7))
         losses, norms = [], []
         for step in steps:
