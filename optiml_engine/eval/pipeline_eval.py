@@ -84,6 +84,7 @@ class PipelineEvalModel:
     def hidden_states(self, input_ids, position_ids=None, doc_ids=None, kv_cache=None):
         if position_ids is None:
             position_ids = default_position_ids(input_ids, kv_cache)
+        kv_doc_ids = kv_cache.extend_doc_ids(doc_ids) if kv_cache is not None else doc_ids
         batch, seq = input_ids.shape
         shape = (batch, seq, self.config.hidden_size)
         prev = self.ranks[(self.stage - 1) % self.pp]
@@ -99,7 +100,7 @@ class PipelineEvalModel:
                     h = torch.empty(shape, dtype=self.dtype, device=input_ids.device)
                     dist.recv(h, prev)
                 h = self.model.hidden_states(h, position_ids, doc_ids, kv_cache, layers=layers,
-                                             embed=embed, head=head)
+                                             embed=embed, head=head, kv_doc_ids=kv_doc_ids)
                 if not head:
                     dist.send(h.contiguous(), nxt)
             if not self.last:

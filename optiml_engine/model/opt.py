@@ -154,19 +154,22 @@ class OPTForCausalLM(nn.Module):
         return self.decoder.embed_tokens.weight
 
     def hidden_states(self, inputs, position_ids=None, doc_ids=None, kv_cache=None, *,
-                      layers=None, embed=None, head=None, run_layer=None):
+                      layers=None, embed=None, head=None, run_layer=None, kv_doc_ids=None):
         """This model's (or pipeline stage's) forward without the output projection.
 
         inputs: token ids [B, S] where the stage embeds, else the previous stage's activation
         [B, S, H]. layers: the layers to run (default: all this stage holds; an interleaved
         chunk passes its own); embed / head default to the ends the decoder holds. run_layer(
         layer, h, doc_ids, kv_doc_ids, kv_cache) replaces the plain call (recomputation).
+        kv_doc_ids: the cached keys' document ids, when a caller running several chunks of one
+        step has already extended the cache's (it must be extended once per step).
         Returns [B, S, word_embed_proj_dim] after the head, else the last layer's activation.
         """
         dec = self.decoder
         embed = dec.has_embed if embed is None else embed
         head = dec.has_head if head is None else head
-        kv_doc_ids = kv_cache.extend_doc_ids(doc_ids) if kv_cache is not None else doc_ids
+        if kv_doc_ids is None:
+            kv_doc_ids = kv_cache.extend_doc_ids(doc_ids) if kv_cache is not None else doc_ids
         if embed:
             if position_ids is None:
                 position_ids = default_position_ids(inputs, kv_cache)

@@ -86,7 +86,8 @@ class Trainer:
         self.step = 0
         self.run_id = uuid.uuid4().hex[:12]  # rotation deletes only this run's checkpoints
         self.history: list[dict[str, float]] = []
-        self.evaluator = make_evaluator(self.recipe, self.tokenizer) if make_evaluator else None
+        # Built from this rank's recipe: only global rank 0 has a logging.dir to append to.
+        self.evaluator = make_evaluator(recipe, self.tokenizer) if make_evaluator else None
         if self.recipe.checkpoint.load:
             self.resume(self.recipe.checkpoint.load)
         n_params = sum(p.numel() for p in self.model.parameters())

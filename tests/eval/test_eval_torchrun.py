@@ -40,13 +40,12 @@ def tiny_bench(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine_ckpt(tiny_hf_dir, tmp_path_factory):
     """The tiny HF model as a one-process engine checkpoint directory."""
-    from optiml_engine.training.checkpoint import save_checkpoint
-
+    from optiml_engine.distributed.checkpoint import save_weights
     from optiml_engine.model import OPTForCausalLM
 
     root = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(root / "step_0000001", OPTForCausalLM.from_hf(tiny_hf_dir),
-                    meta={"step": 1, "recipe": {"data": {"tokenizer": "byte"}}})
+    save_weights(root / "step_0000001", OPTForCausalLM.from_hf(tiny_hf_dir),
+                 {"step": 1, "recipe": {"data": {"tokenizer": "byte"}}})
     return root
 
 

@@ -182,13 +182,12 @@ def test_training_evaluator_logs_scalars_and_history(model, tmp_path):
 
 def test_load_model_from_engine_checkpoint(tiny_models, tmp_path):
     import torch
-    from optiml_engine.training.checkpoint import save_checkpoint
-
+    from optiml_engine.distributed.checkpoint import save_weights
     from optiml_engine.eval.harness import load_model
 
     ours, _ = tiny_models
-    save_checkpoint(tmp_path / "step_0000005", ours,
-                    meta={"step": 5, "recipe": {"data": {"tokenizer": "byte"}}})
+    save_weights(tmp_path / "step_0000005", ours,
+                 {"step": 5, "recipe": {"data": {"tokenizer": "byte"}}})
     loaded, spec = load_model(str(tmp_path))  # a checkpoint.dir: its latest step
     assert spec == "byte"
     ids = torch.tensor([[2, 40, 41, 42]])

@@ -126,7 +126,7 @@ def test_pipeline_greedy_and_rank_classification_match_transformers(four_layer_h
         assert all(got[rank][name] is None for rank in range(tp * pp, 4))
 
 
-# -- in-training evaluation under the ParallelTrainer -----------------------------------------
+# -- in-training evaluation under the trainer's layouts ----------------------------------------
 
 RECIPE = """
 model: {vocab_size: 264, hidden_size: 32, num_layers: 4, num_heads: 4, ffn_hidden_size: 64,
@@ -169,26 +169,28 @@ def _trainer_worker(rank, port, recipe_path, bench, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=4)
-    from optiml_engine.parallel.trainer import ParallelTrainer
-
     from optiml_engine.config import load_recipe
     from optiml_engine.distributed import state
-    from optiml_engine.eval.pipeline_eval import PipelineEvalModel
+    from optiml_engine.eval.pipeline_eval import PipelineEvalModel, training_evaluator
+    from optiml_engine.training.trainer import Trainer
 
     results = {}
     try:
         for name, overrides in TRAINER_RUNS.items():
             recipe = load_recipe(recipe_path, [*overrides, f"eval.bench={bench}",
                                                f"logging.dir={os.path.join(out_dir, name)}"])
+            # The grid is the test's, so it outlives fit() for the checks below.
+            state.initialize(recipe.parallel.tp, recipe.parallel.pp)
             try:
-                trainer = ParallelTrainer(recipe, verbose=False)
+                trainer = Trainer(recipe, verbose=False, make_evaluator=training_evaluator)
                 trainer.fit()  # evaluates at step 2 (rank 0 writes the history)
                 records = raw = None
                 if state.dp_rank() == 0:
                     stage = PipelineEvalModel(trainer.model, trainer.engine.chunks)
                     records = _records(stage, trainer.evaluator.evaluator)
                     raw = _raw_outputs(stage)
-                results[name] = {"scalars": trainer.evaluator(trainer.model, 3),
+                results[name] = {"scalars": trainer.evaluator(trainer.model,
+                                                              trainer.engine.chunks, 3),
                                  "records": records, "raw": raw}
             finally:
                 state.destroy(keep_process_group=True)
@@ -201,9 +203,10 @@ def _trainer_worker(rank, port, recipe_path, bench, out_dir):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_parallel_trainer_evaluates_like_the_single_process_trainer(bench_dir, tmp_path):
+def test_trainer_evaluates_alike_under_every_layout(bench_dir, tmp_path):
     pytest.importorskip("optiml_engine._C")
     from optiml_engine.config import load_recipe
+    from optiml_engine.eval.pipeline_eval import training_evaluator
     from optiml_engine.training.trainer import Trainer
 
     path = tmp_path / "tiny.yaml"
@@ -212,10 +215,11 @@ def test_parallel_trainer_evaluates_like_the_single_process_trainer(bench_dir, t
     mp.spawn(_trainer_worker, args=(_free_port(), str(path), bench, str(tmp_path)), nprocs=4,
              join=True)
     reference = Trainer(load_recipe(path, [f"eval.bench={bench}",
-                                           f"logging.dir={tmp_path / 'ref'}"]), verbose=False)
+                                           f"logging.dir={tmp_path / 'ref'}"]), verbose=False,
+                        make_evaluator=training_evaluator)
     reference.fit()
-    want_records = _records(reference.model.eval(), reference.evaluator)
-    want_scalars = reference.evaluator(reference.model, 3)
+    want_records = _records(reference.model.eval(), reference.evaluator.evaluator)
+    want_scalars = reference.evaluator(reference.model, reference.engine.chunks, 3)
     want_raw = _raw_outputs(reference.model)
     assert any(k.startswith("eval/level/") for k in want_scalars)
     # The synthetic bench's first tasks are free-form: this exercises generation (rank

@@ -11,8 +11,7 @@ from optiml_engine.distributed.interleaved import chunk_layer_ranges, interleave
 from optiml_engine.distributed.pipeline import stage_layer_range
 from optiml_engine.distributed.random import checkpoint, get_rng_tracker, model_parallel_seed
 from optiml_engine.errors import OptimlError
-from optiml_engine.kernels.cross_entropy import masked_cross_entropy
-from optiml_engine.kernels.vocab_parallel_cross_entropy import vocab_parallel_cross_entropy
+from optiml_engine.kernels.lm_loss import lm_loss_sum
 from optiml_engine.optim.clip import clip_grad_norm_
 from optiml_engine.optim.loss_scaler import DynamicLossScaler
 from optiml_engine.optim.zero1 import FlatAdamW
@@ -35,19 +34,24 @@ def test_stage_layer_ranges_cover_every_layer_once():
     assert [list(r) for r in ranges] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
 
 
-def test_engine_loss_on_one_rank_equals_the_reference():
-    """The engine's loss path (kernels' vocab-parallel CE with the engine's all-reduces, which
-    are the identity without a tensor-parallel group) against the plain masked CE."""
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_engine_loss_on_one_rank_equals_the_reference(chunk):
+    """The engine's loss (kernels.lm_loss_sum with the engine's tensor-parallel reductions,
+    none on one rank; full logits or chunks of 3 target tokens) against plain F.cross_entropy."""
     torch.manual_seed(0)
-    logits = torch.randn(2, 5, 11, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(2, 5, 7, requires_grad=True)
+    weight = torch.randn(11, 7, requires_grad=True)
     targets = torch.randint(0, 11, (2, 5))
     mask = (torch.rand(2, 5) < 0.6).float()
-    got = vocab_parallel_cross_entropy(logits, targets, mask, 0, *tp_all_reduces(None))
-    (g_got,) = torch.autograd.grad(got, logits)
-    want = masked_cross_entropy(logits, targets, mask)
-    (g_want,) = torch.autograd.grad(want, logits)
+    got = lm_loss_sum(hidden, weight, targets, mask, chunk, 0, *tp_all_reduces(None))
+    g_got = torch.autograd.grad(got, (hidden, weight))
+    ce = nn.functional.cross_entropy((hidden @ weight.T).reshape(-1, 11), targets.reshape(-1),
+                                     reduction="none")
+    want = (ce * mask.reshape(-1)).sum()
+    g_want = torch.autograd.grad(want, (hidden, weight))
     torch.testing.assert_close(got, want.to(got.dtype))
-    torch.testing.assert_close(g_got, g_want)
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_loss_scaler_backoff_hysteresis_growth_and_abort():
