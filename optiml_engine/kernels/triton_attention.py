@@ -12,6 +12,10 @@ pure function of a seed and (bh, i, j) (`_keep`), so the backward kernels recomp
 mask instead of storing it. The seed is drawn from torch's generator of q's device, so
 `torch.manual_seed` and recomputation that restores the RNG state replay the same mask. Without
 dropout (HAS_DROPOUT false) none of that code is compiled.
+
+Batch and head offsets (b * stride_b + h * stride_h, bh * S) are int64: a packed [B, S, 3, H, D]
+projection passes 2**31 elements long before one of its batch rows does, and offsets inside a
+row (token * stride_s + d) stay int32.
 """
 
 from __future__ import annotations
@@ -95,8 +99,10 @@ def _attn_fwd(Q, K, V, OUT, LSE, SEG_START, SEED,
               D_PAD: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    # int64 before any stride product: b * sqb passes 2**31 once B * S * 3 * H * D does.
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    bh = pid_bh.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     row_ok = offs_m < S
@@ -139,7 +145,7 @@ def _attn_fwd(Q, K, V, OUT, LSE, SEG_START, SEED,
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("inf"))
     tl.store(OUT + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
              out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(LSE + pid_bh * S + offs_m, lse, mask=row_ok)
+    tl.store(LSE + bh * S + offs_m, lse, mask=row_ok)
 
 
 @triton.jit
@@ -152,8 +158,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, SEG_END, SEED,
     """One key tile: walk the query tiles that can see it (from the diagonal to its run's end)."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    # int64 before any stride product: b * sqb passes 2**31 once B * S * 3 * H * D does.
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    bh = pid_bh.to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     col_ok = offs_n < S
@@ -179,8 +187,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, SEG_END, SEED,
         q_mask = row_ok[:, None] & d_ok[None, :]
         q = _rows(Q, b * sqb + h * sqh, offs_m, sqs, offs_d, q_mask)
         do = _rows(DO, b * sob + h * soh, offs_m, sos, offs_d, q_mask)
-        lse = tl.load(LSE + pid_bh * S + offs_m, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + pid_bh * S + offs_m, mask=row_ok, other=0.0)
+        lse = tl.load(LSE + bh * S + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + bh * S + offs_m, mask=row_ok, other=0.0)
         s_t = _dot(k, tl.trans(q), DOT_PREC, UPCAST) * qk_scale
         valid = ((offs_m[None, :] >= offs_n[:, None]) & (offs_m[None, :] <= end[:, None])
                  & row_ok[None, :])
@@ -212,8 +220,10 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, SEG_START, SEED,
     """One query tile: the same key range as the forward pass."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    # int64 before any stride product: b * sqb passes 2**31 once B * S * 3 * H * D does.
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    bh = pid_bh.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     row_ok = offs_m < S
@@ -221,8 +231,8 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, SEG_START, SEED,
     q_mask = row_ok[:, None] & d_ok[None, :]
     q = _rows(Q, b * sqb + h * sqh, offs_m, sqs, offs_d, q_mask)
     do = _rows(DO, b * sob + h * soh, offs_m, sos, offs_d, q_mask)
-    lse = tl.load(LSE + pid_bh * S + offs_m, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + pid_bh * S + offs_m, mask=row_ok, other=0.0)
+    lse = tl.load(LSE + bh * S + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + bh * S + offs_m, mask=row_ok, other=0.0)
     start, lo, hi = _key_range(SEG_START, b, S, pid_m, offs_m, row_ok, HAS_DOCS, BLOCK_M, BLOCK_N)
     if HAS_DROPOUT:
         seed = tl.load(SEED)

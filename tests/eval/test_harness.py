@@ -9,6 +9,7 @@ from optiml_engine.data.prompts import render
 from optiml_engine.data.task import Instance, Task
 from optiml_engine.data.tokenizer import ByteTokenizer
 from optiml_engine.errors import OptimlError
+from optiml_engine.eval.generate import greedy_generate
 from optiml_engine.eval.harness import EvalSettings, evaluate_task, main, run_eval
 from optiml_engine.eval.suite import EvalTask, subset, synthetic_suite
 
@@ -100,12 +101,31 @@ def test_other_settings_refuse_to_resume(model, tmp_path):
                  show_progress=False)
 
 
-def test_long_prompts_are_cut_from_the_left(model):
+def test_long_prompts_are_cut_from_the_left(model, monkeypatch):
+    """64 positions, 8 new tokens: </s> and the last 55 source bytes, the query among them."""
+    from optiml_engine.eval import harness
+
     long = _task("taskL", "cat", 2)
     long.definition = "x" * 500  # far beyond the tiny model's 64 positions
-    recs = evaluate_task(model, ByteTokenizer(), EvalTask(long, "heldout_task", long.instances),
+    fed = []
+
+    def recording_generate(model, prompts, *args, **kwargs):
+        fed.extend(prompts)
+        return greedy_generate(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "greedy_generate", recording_generate)
+    tok = ByteTokenizer()
+    recs = evaluate_task(model, tok, EvalTask(long, "heldout_task", long.instances),
                          0, EvalSettings(max_new_tokens=8))
-    assert len(recs) == 2 and all(r["kind"] == "generate" for r in recs)
+    assert [r["kind"] for r in recs] == ["generate", "generate"]
+    sources = [render(long, inst, shots=0, seed=0, pool=None)[0] for inst in long.instances]
+    assert [len(tok.encode(s)) for s in sources] == [532, 532]
+    assert fed == [[tok.eos_id, *tok.encode(s)[-55:]] for s in sources]
+    assert [tok.decode(ids) for ids in fed] == [
+        "x" * 35 + f"\n\nInput: q{i}L\nOutput:" for i in range(2)]
+    assert [r["prediction"] for r in recs] == [
+        tok.decode(out).strip() for out in greedy_generate(model, fed, 8, tok.eos_id, tok.pad_id,
+                                                            vocab_limit=tok.vocab_size)]
 
 
 def test_options_longer_than_the_positions_are_cut_to_fit(model):
@@ -122,7 +142,7 @@ def test_options_longer_than_the_positions_are_cut_to_fit(model):
     assert [r["kind"] for r in recs] == ["rank", "rank"]
     source, _ = render(task, task.instances[0], shots=0, seed=0, pool=None)
     cut = _fit_options([tok.encode(" " + o) for o in options], len(tok.encode(source)) + 1, 64)
-    assert [len(o) for o in cut] == [32, 32]
+    assert cut == [tok.encode(" " + "a" * 31), tok.encode(" " + "c" * 31)]  # the first 32 each
     want = score_options(model, [_prompt_ids(tok, source, 32)], [cut], tok.pad_id)[0]
     assert recs[0]["log_likelihoods"] == pytest.approx(want.log_likelihoods, rel=1e-6)
     assert _fit_options([[1] * 10], 20, 64) == [[1] * 10]  # fits: untouched
@@ -172,9 +192,13 @@ def test_training_evaluator_logs_scalars_and_history(model, tmp_path):
     scalars = evaluator(model, step=10)
     assert model.training  # mode restored
     model.eval()
-    assert {"eval/level/heldout_category/0shot", "eval/level/heldout_task/0shot",
-            "eval/level/heldout_instance/0shot"} <= set(scalars)
-    assert all(0.0 <= v <= 100.0 for v in scalars.values())
+    # One task per level, two instances each: the random model picks the right option of both
+    # rank-classification instances (100) and matches none of the four reversals (0); the
+    # benchmark score is the mean of its three task scores.
+    assert scalars == {"eval/level/heldout_category/0shot": 100.0,
+                       "eval/level/heldout_task/0shot": 0.0,
+                       "eval/level/heldout_instance/0shot": 0.0,
+                       "eval/benchmark/superni/0shot": pytest.approx(100.0 / 3, rel=1e-12)}
     evaluator(model, step=20)
     rows = [json.loads(x) for x in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20] and rows[0] == {"step": 10, **scalars}

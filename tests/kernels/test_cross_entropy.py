@@ -5,12 +5,19 @@ from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
+from offset_views import INT32_LIMIT, view_past_int32
 
 from optiml_engine.kernels.cross_entropy import (
     loss_and_grad,
     masked_cross_entropy,
+    shard_grad,
     shard_stats,
     torch_masked_cross_entropy,
+)
+from optiml_engine.kernels.triton_cross_entropy import (
+    triton_cross_entropy_forward,
+    triton_cross_entropy_grad,
 )
 from optiml_engine.kernels.vocab_parallel_cross_entropy import (
     combine_shard_stats,
@@ -80,6 +87,31 @@ def test_combined_shard_stats_equal_the_unsharded_loss(n_shards, backend):
                                atol=1e-5, rtol=1e-6)
 
 
+@pytest.mark.parametrize("n_shards", [2, 4])
+def test_triton_vocab_parallel_loss_and_grad_over_sequential_shards(n_shards):
+    """The Triton shard kernels (stats, then grad from the combined lse), one shard after another
+    (the interpreter is not thread-safe), against full-vocabulary fp32 F.cross_entropy."""
+    logits, targets, loss_mask = inputs(20, torch.float32, seed=6)
+    g = torch.Generator().manual_seed(7)
+    weights = (loss_mask.float() * (0.5 + torch.rand(20, generator=g).to(DEVICE))).contiguous()
+    bounds = shard_bounds(n_shards)
+    owners = {lo for lo, hi in bounds for t in targets[loss_mask].tolist() if lo <= t < hi}
+    assert len(owners) == n_shards  # every shard owns some target
+    stats = [shard_stats(logits[:, lo:hi], targets, weights, lo, "triton") for lo, hi in bounds]
+    lse, target_logit = combine_shard_stats(*zip(*stats, strict=True))
+    loss = ((lse - target_logit) * weights).sum()
+    grad = torch.cat([shard_grad(logits[:, lo:hi], targets, weights, lse, lo, "triton")
+                      for lo, hi in bounds], dim=1)
+
+    x = logits.detach().clone().requires_grad_()
+    safe_targets = torch.where(loss_mask, targets, 0)
+    ref_loss = (F.cross_entropy(x, safe_targets, reduction="none") * weights).sum()
+    ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss.detach(), atol=0.0, rtol=1e-6)
+    torch.testing.assert_close(grad, x.grad, atol=1e-7, rtol=1e-5)
+    assert grad[~loss_mask].abs().max() == 0.0
+
+
 class ThreadGroup:
     """In-place all-reduce across threads: simulated tensor-parallel ranks, no process group."""
 
@@ -135,3 +167,26 @@ def test_real_vocab_on_gpu():
     ref_loss, ref_grad = reference(logits, targets, loss_mask)
     torch.testing.assert_close(loss, ref_loss, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(logits.grad.float(), ref_grad, atol=2e-3, rtol=2e-2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="an interpreter test: host memory only")
+def test_rows_past_2_31_elements_under_the_interpreter():
+    """row * row_stride in int64: three bf16 rows 2**30 + 2**20 apart, the last past 2**31."""
+    row_stride = 2**30 + 2**20
+    assert 2 * row_stride >= INT32_LIMIT > row_stride
+    logits = view_past_int32((3, VOCAB), (row_stride, 1))
+    g = torch.Generator().manual_seed(5)
+    logits.copy_(3 * torch.randn(3, VOCAB, generator=g))
+    targets = torch.tensor([7, VOCAB - 1, 123])
+    weights = torch.ones(3)
+    loss, _, _, _, dlogits = triton_cross_entropy_forward(logits, targets, weights)
+    x = logits.float().requires_grad_()  # a contiguous fp32 copy of the same values
+    F.cross_entropy(x, targets, reduction="sum").backward()
+    torch.testing.assert_close(loss, F.cross_entropy(x.detach(), targets, reduction="none"),
+                               atol=1e-5, rtol=1e-5)
+    # The bf16 gradient is the fp32 one converted once; the interpreter truncates fp32 -> bf16,
+    # which is off by less than one bf16 ulp (2**-7 relative at most).
+    torch.testing.assert_close(dlogits.float(), x.grad, atol=1e-7, rtol=2**-7)
+    lse = torch.logsumexp(x.detach(), dim=-1)
+    grad = triton_cross_entropy_grad(logits, targets, weights, lse)
+    torch.testing.assert_close(grad.float(), x.grad, atol=1e-7, rtol=2**-7)
