@@ -12,7 +12,7 @@ import functools
 import torch
 
 from optiml_engine.eval.batching import REAL_DOC, greedy_tokens, left_pad
-from optiml_engine.eval.static_cache import PreallocatedKVCache
+from optiml_engine.model.kv_cache import KVCache
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int = 256,
     outputs: list[list[int]] = [[] for _ in prompts]
     if max_new_tokens <= 0:
         return outputs
-    cache = PreallocatedKVCache(ids.shape[1] + max_new_tokens)
+    cache = KVCache(ids.shape[1] + max_new_tokens)
     hidden = model.hidden_states(ids, position_ids, doc_ids, kv_cache=cache)[:, -1]
     rows = torch.arange(len(prompts), device=device)  # original index of each live row
     positions = lengths.clone()

@@ -1,4 +1,4 @@
-"""Key/value cache for incremental decoding: per-layer keys and values, plus document ids."""
+"""The key/value cache of incremental decoding (generation and rank classification)."""
 
 from __future__ import annotations
 
@@ -6,36 +6,62 @@ import torch
 
 
 class KVCache:
-    """Grows by concatenation along the sequence; enough for 256-token greedy decoding."""
+    """Per-layer keys and values, plus document ids, in buffers sized for the whole decode:
+    each step writes into them instead of concatenating, so decoding n tokens copies O(n)
+    cached entries instead of O(n^2). `capacity` is a hint (0: exactly what the first step
+    needs); the buffers double when a decode runs past it."""
 
-    def __init__(self):
+    def __init__(self, capacity: int = 0):
+        self.capacity = capacity
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
-        self.doc_ids: torch.Tensor | None = None
+        self.filled: dict[int, int] = {}
+        self._doc_ids: torch.Tensor | None = None
+        self._doc_filled = 0
 
     @property
     def length(self) -> int:
-        return 0 if not self.keys else next(iter(self.keys.values())).shape[1]
+        return next(iter(self.filled.values()), 0)
+
+    def _room(self, buffer: torch.Tensor | None, like: torch.Tensor, used: int, extra: int):
+        """`buffer`, created or grown so that `used + extra` entries fit along dim 1."""
+        need = used + extra
+        if buffer is not None and need <= buffer.shape[1]:
+            return buffer
+        size = max(self.capacity, need) if buffer is None else max(2 * buffer.shape[1], need)
+        grown = like.new_empty((like.shape[0], size, *like.shape[2:]))
+        if buffer is not None:
+            grown[:, :used] = buffer[:, :used]
+        return grown
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Append this step's [B, S, H, D] keys and values; return everything cached so far."""
-        if layer in self.keys:
-            k = torch.cat([self.keys[layer], k], dim=1)
-            v = torch.cat([self.values[layer], v], dim=1)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Write this step's [B, S, H, D] keys and values; return views of everything cached."""
+        used = self.filled.get(layer, 0)
+        steps = k.shape[1]
+        self.keys[layer] = self._room(self.keys.get(layer), k, used, steps)
+        self.values[layer] = self._room(self.values.get(layer), v, used, steps)
+        self.keys[layer][:, used:used + steps] = k
+        self.values[layer][:, used:used + steps] = v
+        self.filled[layer] = used + steps
+        return self.keys[layer][:, :used + steps], self.values[layer][:, :used + steps]
 
     def extend_doc_ids(self, doc_ids: torch.Tensor | None) -> torch.Tensor | None:
-        """Document ids of every cached key, this step's included (called once per forward)."""
         if doc_ids is None:
             return None
-        self.doc_ids = doc_ids if self.doc_ids is None else torch.cat([self.doc_ids, doc_ids], 1)
-        return self.doc_ids
+        used, steps = self._doc_filled, doc_ids.shape[1]
+        self._doc_ids = self._room(self._doc_ids, doc_ids, used, steps)
+        self._doc_ids[:, used:used + steps] = doc_ids
+        self._doc_filled = used + steps
+        return self._doc_ids[:, :used + steps]
+
+    @property
+    def doc_ids(self) -> torch.Tensor | None:
+        return None if self._doc_ids is None else self._doc_ids[:, :self._doc_filled]
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only the given batch rows (drop finished sequences)."""
+        """Keep (or repeat) the given batch rows."""
         for layer in self.keys:
             self.keys[layer] = self.keys[layer][rows]
             self.values[layer] = self.values[layer][rows]
-        if self.doc_ids is not None:
-            self.doc_ids = self.doc_ids[rows]
+        if self._doc_ids is not None:
+            self._doc_ids = self._doc_ids[rows]

@@ -60,13 +60,13 @@ def test_generation_is_capped_by_the_position_table(tiny_models):
 
 
 def test_preallocated_cache_grows_and_selects_like_the_full_forward(tiny_models):
-    from optiml_engine.eval.static_cache import PreallocatedKVCache
+    from optiml_engine.model.kv_cache import KVCache
 
     ours, _ = tiny_models
     ids = torch.randint(3, 300, (3, 10), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = ours(ids)
-        cache = PreallocatedKVCache(capacity=2)  # far too small: the buffers must grow
+        cache = KVCache(capacity=2)  # far too small: the buffers must grow
         steps = [ours(ids[:, :4], kv_cache=cache)]
         cache.select(torch.tensor([2, 0]))  # keep rows 2 and 0, in that order
         for t in range(4, 10):

@@ -206,6 +206,7 @@ def test_training_evaluator_logs_scalars_and_history(model, tmp_path):
 
 def test_load_model_from_engine_checkpoint(tiny_models, tmp_path):
     import torch
+
     from optiml_engine.distributed.checkpoint import save_weights
     from optiml_engine.eval.harness import load_model
 
