@@ -6,7 +6,9 @@ stage is the model's own business (model/parallelize.py for OPT).
 1F1B (PipeDream-flush, as in Megatron): stage s runs pp - s - 1 warm-up forwards, then
 alternates one forward and one backward, then drains the remaining backwards. Activations
 exchanged between stages have a fixed shape [micro_batch, seq (/ tp with SP), hidden] (packed
-samples all have the same length), so receivers pre-allocate their buffers.
+samples all have the same length), so receivers pre-allocate their buffers. Each exchange
+(a warm-up send, send-forward-receive-backward, send-backward-receive-forward, ...) is one
+batch of point-to-point operations, as in Megatron.
 """
 
 from __future__ import annotations
@@ -26,20 +28,28 @@ def stage_layer_range(num_layers: int, pp: int, stage: int) -> range:
     return range(start, start + base + (1 if stage < extra else 0))
 
 
+def communicate(sends=(), recvs=()) -> None:
+    """One exchange: post every send and receive as one `batch_isend_irecv` (one NCCL group,
+    as Megatron's `_communicate`), then wait for all of them. Inside a group the operations
+    progress together, so two neighbours that both send first cannot block each other, as
+    ungrouped isend/irecv can on NCCL (NVIDIA/nccl#479, #783).
+
+    sends, recvs: (tensor, global rank) pairs. Messages between one pair of ranks in one
+    direction are matched by order, not by tag (NCCL ignores tags): the schedules post
+    them in the same order on both sides, sends and receives each in their list's order."""
+    ops = [dist.P2POp(dist.isend, t.contiguous(), peer) for t, peer in sends]
+    ops += [dist.P2POp(dist.irecv, t, peer) for t, peer in recvs]
+    if ops:  # batch_isend_irecv refuses an empty list
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+
 def _exchange(send_next=None, send_prev=None, recv_next=None, recv_prev=None, peers=(None, None)):
-    """Post every send and receive at once, then wait: neighbours that both send never block."""
+    """One exchange of the 1F1B schedule with this stage's neighbours (prev, next)."""
     prev, nxt = peers
-    works = []
-    if send_next is not None:
-        works.append(dist.isend(send_next.contiguous(), nxt))
-    if send_prev is not None:
-        works.append(dist.isend(send_prev.contiguous(), prev))
-    if recv_next is not None:
-        works.append(dist.irecv(recv_next, nxt))
-    if recv_prev is not None:
-        works.append(dist.irecv(recv_prev, prev))
-    for w in works:
-        w.wait()
+    communicate(
+        sends=[(t, peer) for t, peer in ((send_next, nxt), (send_prev, prev)) if t is not None],
+        recvs=[(t, peer) for t, peer in ((recv_next, nxt), (recv_prev, prev)) if t is not None])
 
 
 def one_f_one_b(forward_step, backward_step, num_micro: int, stage: int, pp: int,
