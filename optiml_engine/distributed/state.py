@@ -114,6 +114,9 @@ def initialize(tp: int = 1, pp: int = 1, backend: str = "auto", rank: int | None
                         grid.owned_groups.append(group)
                 if rank in ranks:
                     grid.groups[name], grid.ranks[name] = group, ranks
+        # Every rank takes part in the default group's first collective: NCCL requires that of
+        # batch_isend_irecv, which the pipeline schedules post on it between neighbours only.
+        dist.barrier()
     _GRID = grid
     return grid
 

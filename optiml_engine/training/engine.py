@@ -78,11 +78,10 @@ class Engine:
         `init` (a model.meta_init source; default: OPT's random init from the model's seed)."""
         g = self.grid = state.grid()
         self.virtual = parallel.virtual_stages
-        if self.virtual > 1 and (g.pp == 1 or dist.get_backend() != "gloo"):
+        if self.virtual > 1 and g.pp == 1:
             raise OptimlError("recipe: parallel.virtual_stages",
-                              "the interleaved schedule needs parallel.pp > 1 and gloo (its "
-                              "message order under NCCL is not verified yet)",
-                              "set parallel.virtual_stages=1 (1F1B)")
+                              "the interleaved schedule needs parallel.pp > 1",
+                              "set parallel.virtual_stages=1, or parallel.pp > 1")
         if parallel.tp != g.tp or parallel.pp != g.pp:
             raise ValueError(f"recipe layout tp={parallel.tp} pp={parallel.pp} differs from "
                              f"the initialised grid tp={g.tp} pp={g.pp}")
