@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from optiml_engine.data.jsonl import read_src_tgt
-from optiml_engine.data.loader import PackedLoader
+from optiml_engine.data.loader import epoch_loader, mixture_loader
 from optiml_engine.data.packing import PackedSamples, pack_examples
 from optiml_engine.errors import OptimlError
 
@@ -34,14 +34,13 @@ def build_loader(recipe, tokenizer, dp_rank: int = 0, dp_size: int = 1):
     data, train = recipe.data, recipe.train
     if data.bench:
         from optiml_engine.data.mixture import BenchMixture, sampling_spec
-        from optiml_engine.data.mixture_loader import MixtureLoader
 
         mixture = BenchMixture(data.bench, sampling_spec(data), train.seed, tokenizer)
-        return MixtureLoader(mixture, data.seq_length, train.global_batch_size,
+        return mixture_loader(mixture, data.seq_length, train.global_batch_size,
                              train.micro_batch_size, dp_rank, dp_size, seed=train.seed,
                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
     samples = build_training_samples(recipe, tokenizer)
-    return PackedLoader(samples, train.global_batch_size, train.micro_batch_size, dp_rank,
+    return epoch_loader(samples, train.global_batch_size, train.micro_batch_size, dp_rank,
                         dp_size, seed=train.seed, shuffle=data.shuffle)
 
 
