@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except OptimlError as e:
-        print(f"optiml: error: {e}", file=sys.stderr)
-        return 2
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank has it: say it once
+            print(f"optiml: error: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -203,7 +203,10 @@ class CheckpointConfig:
     dir: str | None = doc("where checkpoints are written; none disables saving", None)
     interval: int = doc("save every N steps (and at the end); 0: only at the end", 0, min=0)
     load: str | None = doc("'latest' in checkpoint.dir, or a checkpoint path to resume from", None)
-    keep_last: int = doc("checkpoints kept in checkpoint.dir (older ones are deleted)", 2, min=1)
+    keep_last: int = doc("checkpoints of this run kept in checkpoint.dir (its older ones are "
+                         "deleted; never another run's)", 2, min=1)
+    verify: bool = doc("check a checkpoint's files against the checksums in its meta.json before "
+                       "loading it (false: faster, trusts the disk)", True)
     save_initial: bool = doc(
         "also write the untrained model to checkpoint.dir/initial (a baseline to evaluate)", False)
 

@@ -13,8 +13,11 @@ A checkpoint is a directory `step_NNNNNNN/` (or any name the caller picks) holdi
     recipe.yaml           the resolved recipe, when the caller gives one
 
 It is written under a temporary name and renamed when complete, so a run killed during a save
-keeps its previous checkpoint. This module knows which tensors are layout slices (the
-`tp_shard_dim` attribute of tensor-parallel layers) but nothing about models or optimizers.
+keeps its previous checkpoint; a step already on disk is moved aside until its replacement is in
+place. meta.json, written last, holds a SHA-256 of every other file, checked on load; a
+checkpoint whose tensors are not all finite is never written. This module knows which tensors
+are layout slices (the `tp_shard_dim` attribute of tensor-parallel layers) but nothing about
+models or optimizers.
 
 Formats read: FORMAT, "optiml-parallel-1" (the parallel trainer's) and the unversioned
 single-process one; their tensor names are the same (model.*, optim.state.<name>.exp_avg...).
@@ -23,7 +26,9 @@ single-process one; their tensor names are the same (model.*, optim.state.<name>
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -31,10 +36,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
 from optiml_engine.distributed import state
 from optiml_engine.distributed.random import get_rng_tracker
-from optiml_engine.errors import OptimlError
+from optiml_engine.errors import Diverged, OptimlError
 
 FORMAT = "optiml-ckpt-2"
 META = "meta.json"
@@ -93,25 +99,123 @@ def read_meta(path: str | Path) -> dict:
     if not is_complete(path):
         raise OptimlError(str(path), "no complete checkpoint there (no meta.json)",
                           "point at a checkpoint directory written by optiml")
-    return json.loads((path / META).read_text())
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise OptimlError(str(path / META), f"cannot be read ({_first_line(e)})",
+                          "the checkpoint is corrupt: load another one") from None
+    if not isinstance(meta, dict):
+        raise OptimlError(str(path / META), "is not a JSON object",
+                          "the checkpoint is corrupt: load another one")
+    return meta
 
 
-def latest_checkpoint(directory: str | Path | None) -> Path | None:
+def _first_line(e: BaseException) -> str:
+    failures = getattr(e, "failures", None)  # DCP's CheckpointException: rank -> exception
+    if isinstance(failures, dict) and failures:
+        e = next(iter(failures.values()))
+        if isinstance(e, tuple):  # (exception, its traceback frames)
+            e = e[0]
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def latest_checkpoint(directory: str | Path | None, verify: bool = False,
+                      skipped: list | None = None) -> Path | None:
+    """The newest complete checkpoint in `directory`; with verify, the newest whose files
+    match their checksums (each one passed over is appended to `skipped` as (path, why))."""
     if directory is None or not Path(directory).is_dir():
         return None
     done = sorted(p for p in Path(directory).glob("step_*") if p.is_dir() and is_complete(p))
-    return done[-1] if done else None
+    for path in reversed(done):
+        problem = corruption(path) if verify else None
+        if problem is None:
+            return path
+        if skipped is not None:
+            skipped.append((path, problem))
+    return None
 
 
-def resolve_load_path(load: str, directory: str | None) -> Path | None:
-    """`latest` -> newest complete checkpoint in `directory` (None if there is none yet)."""
+def resolve_load_path(load: str, directory: str | None, verify: bool = True,
+                      skipped: list | None = None) -> Path | None:
+    """`latest` -> newest good checkpoint in `directory` (None if there is none yet)."""
     if load == "latest":
-        return latest_checkpoint(directory)
+        return latest_checkpoint(directory, verify, skipped)
     path = Path(load)
     if not is_complete(path):
         raise OptimlError(f"checkpoint.load: {load}", "no complete checkpoint there (no meta.json)",
                           "point at a step_* directory, or use 'latest'")
     return path
+
+
+# -- integrity -------------------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")
+                  if p.is_file() and p.name != META)
+
+
+def _gather(obj) -> list:
+    if state.world_group() is None:
+        return [obj]
+    out = [None] * state.world_size()
+    dist.all_gather_object(out, obj, group=state.world_group())
+    return out
+
+
+def checksums(path: Path) -> dict[str, str]:
+    """SHA-256 of every file under `path` but meta.json; the ranks share the hashing."""
+    names, rank, world = _files(path), state.global_rank(), state.world_size()
+    mine = {n: _sha256(path / n) for n in names[rank::world]}
+    return {k: v for part in _gather(mine) for k, v in part.items()}
+
+
+def corruption(path: str | Path) -> str | None:
+    """None if every file of the checkpoint matches meta.json's checksums, else what is wrong
+    (checkpoints written before checksums existed are taken as they are)."""
+    path = Path(path)
+    try:
+        meta = read_meta(path)
+    except OptimlError as e:
+        return str(e)
+    want = meta.get("checksums")
+    if want is None:
+        return None
+    names, rank, world = sorted(want), state.global_rank(), state.world_size()
+    bad = []
+    for name in names[rank::world]:
+        try:
+            if _sha256(path / name) != want[name]:
+                bad.append(f"{name} does not match its checksum")
+        except OSError as e:
+            bad.append(f"{name}: {_first_line(e)}")
+    bad = sorted(b for part in _gather(bad) for b in part)
+    return f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") \
+        if bad else None
+
+
+def _non_finite(tensors: dict, prefix: str = "") -> str | None:
+    """The first floating tensor holding inf/NaN on any rank (its name), else None."""
+    found = None
+    for key, value in tensors.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found = found or _non_finite(value, f"{name}.")
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and found is None:
+            if not bool(torch.isfinite(as_local(value)).all()):
+                found = name
+    if prefix:
+        return found
+    names = [n for n in _gather(found) if n is not None]
+    return min(names) if names else None
 
 
 # -- RNG streams ---------------------------------------------------------------------------------
@@ -143,7 +247,12 @@ def load_rng(path: str | Path) -> bool:
     path, rank = Path(path), state.global_rank()
     for candidate in (_rng_file(path, rank), path / f"rng_rank{rank}.pt"):  # older checkpoints
         if candidate.is_file():
-            set_rng_state(torch.load(candidate, weights_only=True))
+            try:
+                saved = torch.load(candidate, weights_only=True)
+                set_rng_state(saved)
+            except Exception as e:  # a pickle refused, a truncated file, a wrong state size
+                raise OptimlError(str(candidate), f"cannot be read ({_first_line(e)})",
+                                  "the checkpoint is corrupt: load another one") from None
             return True
     return False
 
@@ -156,6 +265,18 @@ def _quiet_single_process():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
+
+
+@contextlib.contextmanager
+def _no_root_warnings():
+    """DCP's loader logs a traceback on the root logger when it falls back between metadata
+    layouts; a corrupt checkpoint is reported once, as one line, by `load`."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
 
 
 def _barrier() -> None:
@@ -172,9 +293,14 @@ def save(path: str | Path, tensors: dict, meta: dict, *, kind: str = "train",
          with_rng: bool = True, recipe_yaml: str | None = None,
          keep_last: int | None = None) -> Path:
     """Write `tensors` (nested dicts of this rank's tensors / DTensors) and `meta` to `path`
-    atomically; every rank of the grid calls it. With keep_last, rotate the checkpoints of this
-    run (`meta["run"]`) in path's directory: never the one just written, never another run's."""
+    atomically; every rank of the grid calls it. Refuses (Diverged) to write non-finite values.
+    With keep_last, rotate the checkpoints of this run (`meta["run"]`) in path's directory:
+    never the one just written, never another run's."""
     path = Path(path)
+    bad = _non_finite(tensors)
+    if bad is not None:
+        raise Diverged(f"checkpoint {path}", f"{bad} holds inf/NaN: not saved",
+                       "the run diverged; lower optim.lr or resume an earlier checkpoint")
     tmp = path.with_name(f".tmp-{path.name}")
     rank = state.global_rank()
     if rank == 0 and tmp.exists():
@@ -186,56 +312,81 @@ def save(path: str | Path, tensors: dict, meta: dict, *, kind: str = "train",
         _rng_file(tmp, rank).parent.mkdir(exist_ok=True)
         torch.save(rng_state(), _rng_file(tmp, rank))
     _barrier()
+    if rank == 0 and recipe_yaml is not None:
+        (tmp / RECIPE).write_text(recipe_yaml)
+    _barrier()
+    sums = checksums(tmp)
     if rank == 0:
-        full = {"format": FORMAT, "kind": kind, "layout": layout(), **meta}
+        full = {"format": FORMAT, "kind": kind, "layout": layout(), **meta, "checksums": sums}
         (tmp / META).write_text(json.dumps(full, indent=2))
-        if recipe_yaml is not None:
-            (tmp / RECIPE).write_text(recipe_yaml)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        _replace(tmp, path)
         if keep_last:
             rotate(path, keep_last)
     _barrier()
     return path
 
 
+def _replace(new: Path, path: Path) -> None:
+    """Rename `new` to `path`; an existing `path` stays on disk (as .old-*) until then."""
+    old = path.with_name(f".old-{path.name}")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+    new.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 def rotate(kept: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints of `kept`'s run in its directory
-    (`kept` itself always stays); returns what was deleted."""
+    (`kept` itself always stays); returns what was deleted. Each goes to a .trash-* name first,
+    so an interrupted deletion never leaves a half checkpoint that looks complete."""
     run = read_meta(kept).get("run")
     if run is None:
         return []
     mine = []
     for p in kept.parent.glob("step_*"):
         if p != kept and p.is_dir() and is_complete(p):
-            with contextlib.suppress(ValueError, OSError):
+            with contextlib.suppress(OptimlError, ValueError, TypeError):
                 meta = read_meta(p)
                 if meta.get("run") == run:
                     mine.append((int(meta.get("step", 0)), p))
     mine.sort()
     doomed = [p for _, p in mine[:max(len(mine) - (keep_last - 1), 0)]]
     for p in doomed:
-        shutil.rmtree(p)
+        trash = p.with_name(f".trash-{p.name}")
+        p.rename(trash)
+        shutil.rmtree(trash)
     return doomed
 
 
 # -- reading ---------------------------------------------------------------------------------------
 
-def load(path: str | Path, tensors: dict) -> dict:
+def load(path: str | Path, tensors: dict, verify: bool = True) -> dict:
     """Fill `tensors` (nested dicts shaped as they were saved, for this rank's part) in place
-    from `path`; returns the checkpoint's meta."""
+    from `path`; returns the checkpoint's meta. A corrupt or unreadable checkpoint, or one
+    whose tensors do not fit, is one OptimlError naming it."""
     meta = read_meta(path)
-    with _quiet_single_process():
-        dcp.load(tensors, checkpoint_id=str(path), process_group=state.world_group())
+    problem = corruption(path) if verify else None
+    if problem is not None:
+        raise OptimlError(f"checkpoint {path}", f"is corrupt: {problem}",
+                          "load another checkpoint (or pass verification off to force)")
+    try:
+        with _quiet_single_process(), _no_root_warnings():
+            dcp.load(tensors, checkpoint_id=str(path), process_group=state.world_group())
+    except (Exception, CheckpointException) as e:  # DCP wraps every reader failure alike
+        raise OptimlError(f"checkpoint {path}", f"cannot be loaded ({_first_line(e)})",
+                          "check that it was saved for this model (model_config in meta.json), "
+                          "or load another checkpoint") from None
     return meta
 
 
-def load_weights(model, path) -> dict:
+def load_weights(model, path, verify: bool = True) -> dict:
     """Only the weights of a checkpoint (any format, saved under any layout) into this rank's
     part of `model`; returns the checkpoint's meta."""
     tensors = {"model": model_state(model)}
-    meta = load(path, tensors)
+    meta = load(path, tensors, verify)
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.copy_(as_local(tensors["model"][n]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from optiml_engine.errors import OptimlError
+from optiml_engine.errors import Diverged
 
 
 class SkippedSteps:
@@ -31,7 +31,7 @@ class SkippedSteps:
         self.consecutive_skips += 1
         self.total_skips += 1
         if self.consecutive_skips >= self.max_skipped:
-            raise OptimlError(
+            raise Diverged(
                 "training", f"{self.consecutive_skips} consecutive steps had inf/NaN gradients "
                 f"(loss scale {self.scale:g}): the run is diverging",
                 "lower optim.lr, use precision.dtype=bf16, or raise precision.max_skipped_steps")

@@ -114,11 +114,16 @@ class FlatAdamW:
     # -- the step --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, lr: float | None = None, max_norm: float = 0.0,
-             scaler=None) -> dict[str, float]:
-        """One update; returns {"grad_norm", "skipped", "loss_scale"} (norm before clipping)."""
+    def step(self, lr: float | None = None, max_norm: float = 0.0, scaler=None,
+             skip: bool = False) -> dict[str, float]:
+        """One update; returns {"grad_norm", "skipped", "loss_scale"} (norm before clipping).
+        skip: the caller saw a non-finite loss (the same on every rank): count it, change
+        nothing."""
         scaler = scaler or ConstantLossScaler()
         lr = self.lr if lr is None else lr
+        if skip:
+            scaler.update(True)
+            return {"grad_norm": float("nan"), "skipped": 1.0, "loss_scale": scaler.scale}
         grad = self._grad_shard()
         if scaler.scale != 1.0:
             grad.div_(scaler.scale)

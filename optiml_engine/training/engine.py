@@ -24,6 +24,7 @@ computes the same loss.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -104,6 +105,7 @@ class Engine:
         self.tied_weight = model.decoder.embed_tokens.weight if g.pp > 1 and (
             self.first or self.last) else None
         counts = [counts_once_over_tp(p, g.tp_rank) and p is not tied for p in params]
+        self.counts = counts
         zero1 = parallel.zero1 and g.dp > 1
         self.optimizer = FlatAdamW(
             params, lr=optim.lr, betas=optim.betas, eps=optim.eps,
@@ -139,6 +141,15 @@ class Engine:
         return lm_loss_sum(h, emb.weight, batch["labels"], batch["loss_mask"],
                            self.loss_chunk_tokens, getattr(emb, "vocab_start", 0),
                            self.tp_reduce_max, self.tp_reduce_sum)
+
+    def num_parameters(self) -> int:
+        """Parameters of the whole model (every element once), whatever this rank holds."""
+        counted = [p.numel() for p, counts in zip(self.optimizer.params, self.counts, strict=True)
+                   if counts]
+        total = torch.tensor([float(sum(counted))], dtype=torch.float64, device=self.device)
+        if state.mp_group() is not None:
+            dist.all_reduce(total, group=state.mp_group())
+        return int(total[0])
 
     def activation_shape(self, batch) -> tuple[int, int, int]:
         b, s = batch["tokens"].shape
@@ -185,13 +196,16 @@ class Engine:
                         state.pp_ranks(), self.activation_shape(batches[0]), self.dtype,
                         self.device)
         self.sync_grads()
-        out = self.optimizer.step(lr, max_norm, self.scaler)
         loss = torch.zeros(1, dtype=torch.float64, device=self.device)
         if losses:
             loss += sum(float(v) for v in losses)
         _all_reduce(loss, state.dp_group())
         _all_reduce(loss, state.pp_group())  # only the last stage holds a non-zero sum
-        return {"loss": float(loss[0]) / max(n_tokens, 1.0), "target_tokens": n_tokens, **out}
+        loss = float(loss[0]) / max(n_tokens, 1.0)
+        # A non-finite loss skips the step on every rank (they all hold the same loss), even
+        # where the gradients happen to stay finite.
+        out = self.optimizer.step(lr, max_norm, self.scaler, skip=not math.isfinite(loss))
+        return {"loss": loss, "target_tokens": n_tokens, **out}
 
     def sync_grads(self) -> None:
         """Finish the data-parallel sum, then the tensor-parallel (SP) and tied-weight sums."""
@@ -226,13 +240,13 @@ class Engine:
                 "loss_scaler": self.scaler.state_dict(),
                 "has_master": self.dtype != torch.float32}
 
-    def load(self, path) -> dict:
+    def load(self, path, verify: bool = True) -> dict:
         """Weights, and the optimizer state when the checkpoint has it (any format, any layout),
         into this rank's part; returns the checkpoint's meta."""
         meta = ckpt.read_meta(path)
         with_optim = meta.get("kind") == "train"
         sd = self.tensors(with_optim, with_master=bool(meta.get("has_master")))
-        ckpt.load(path, sd)
+        ckpt.load(path, sd, verify)
         named = list(self.model.named_parameters())
         with torch.no_grad():
             for n, p in named:

@@ -27,12 +27,14 @@ from optiml_engine.data.dataset import build_loader
 from optiml_engine.data.tokenizer import load_tokenizer
 from optiml_engine.distributed import checkpoint as ckpt
 from optiml_engine.distributed import state
+from optiml_engine.distributed.run_dir import DirectoryLock, clean_leftovers, on_rank0
 from optiml_engine.errors import OptimlError
 from optiml_engine.kernels import dispatch
 from optiml_engine.model.meta_init import build_local_model
 from optiml_engine.optim.schedule import lr_at
 from optiml_engine.training.engine import Engine
 from optiml_engine.training.logger import MetricsLogger
+from optiml_engine.training.resume import incompatibility
 
 
 def _check_layout(recipe: Recipe) -> None:
@@ -68,12 +70,28 @@ class Trainer:
         if self.grid.rank != 0:  # one TensorBoard writer and one console
             recipe = copy.deepcopy(recipe)
             recipe.logging.dir = None
+        # The data first: a bad data section fails in seconds, before any model or writer.
+        self.tokenizer = load_tokenizer(recipe.data.tokenizer)
+        self.loader = build_loader(self.recipe, self.tokenizer, self.grid.dp_rank, self.grid.dp)
         self.logger = MetricsLogger(recipe.logging.dir, recipe.train.steps,
                                     console=verbose and self.grid.rank == 0)
-        self.tokenizer = load_tokenizer(recipe.data.tokenizer)
+        self.run_id = uuid.uuid4().hex[:12]  # rotation deletes only this run's checkpoints
+        self.lock = None
+        try:
+            self._start(recipe, make_evaluator)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, recipe, make_evaluator) -> None:
         choices = dispatch.configure(recipe.kernels, self.device)
         self.logger.info("kernels: " + ", ".join(f"{k} {v}" for k, v in choices.items()))
-        self.engine = self.build_engine()
+        c = self.recipe.checkpoint
+        if c.dir:  # the run owns its directory from here on
+            self.lock = DirectoryLock(c.dir, self.run_id, warn=self.logger.info)
+            on_rank0(lambda: (self.lock.acquire(), clean_leftovers(c.dir, self.logger.info)))
+        load_path = self.find_checkpoint()
+        self.engine = self.build_engine(resuming=load_path is not None)
         self.model = self.engine.model
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise OptimlError(
@@ -82,27 +100,38 @@ class Trainer:
                 f"{self.tokenizer.vocab_size}",
                 "raise model.vocab_size",
             )
-        self.loader = build_loader(self.recipe, self.tokenizer, self.grid.dp_rank, self.grid.dp)
         self.step = 0
-        self.run_id = uuid.uuid4().hex[:12]  # rotation deletes only this run's checkpoints
         self.history: list[dict[str, float]] = []
         # Built from this rank's recipe: only global rank 0 has a logging.dir to append to.
         self.evaluator = make_evaluator(recipe, self.tokenizer) if make_evaluator else None
-        if self.recipe.checkpoint.load:
-            self.resume(self.recipe.checkpoint.load)
-        n_params = sum(p.numel() for p in self.model.parameters())
+        if load_path is not None:
+            self.resume(load_path)
         g = self.grid
-        self.logger.info(f"layout tp {g.tp} x pp {g.pp} x dp {g.dp} | rank 0 holds "
-                         f"{n_params / 1e6:.2f}M parameters ({recipe.precision.dtype}) | "
-                         f"{self.loader.describe()}")
+        self.logger.info(f"layout tp {g.tp} x pp {g.pp} x dp {g.dp} | "
+                         f"{self.engine.num_parameters() / 1e6:.2f}M parameters "
+                         f"({recipe.precision.dtype}) | {self.loader.describe()}")
 
-    def build_engine(self) -> Engine:
+    def find_checkpoint(self) -> Path | None:
+        """checkpoint.load resolved: `latest` passes over incomplete or corrupt checkpoints
+        (saying so) to the newest good one; None: a fresh start."""
+        c = self.recipe.checkpoint
+        if not c.load:
+            return None
+        skipped: list = []
+        path = ckpt.resolve_load_path(c.load, c.dir, c.verify, skipped)
+        for bad, why in skipped:
+            self.logger.info(f"warning: skipping checkpoint {bad.name}: {why}")
+        if path is None and skipped:
+            raise OptimlError(f"checkpoint.dir: {c.dir}", f"no good checkpoint to resume "
+                              f"({len(skipped)} corrupt)", "set checkpoint.load to null to start "
+                              "fresh, or use another checkpoint.dir")
+        return path
+
+    def build_engine(self, resuming: bool) -> Engine:
         """Only this rank's part is ever allocated (model/meta_init.py): built on the meta
         device, then filled from the HF directory's slices or OPT's seeded init, or left for
         the checkpoint being resumed to fill."""
         r = self.recipe
-        load = r.checkpoint.load
-        resuming = bool(load) and ckpt.resolve_load_path(load, r.checkpoint.dir) is not None
         model, source = build_local_model(r, resuming)
         return Engine(model, r.parallel, r.optim, r.precision, r.train.seed, init=source,
                       device=self.device, loss_chunk_tokens=r.kernels.loss_chunk_tokens)
@@ -134,8 +163,15 @@ class Trainer:
             return self._fit()
         finally:
             self.logger.close()
-            if self.owns_grid:
-                state.destroy(keep_process_group=self.keep_process_group)
+            self.close()
+
+    def close(self) -> None:
+        """Give back the checkpoint directory and the grid this trainer took."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self.owns_grid and state.is_initialized():
+            state.destroy(keep_process_group=self.keep_process_group)
 
     def _fit(self) -> list[dict[str, float]]:
         cfg = self.recipe
@@ -187,11 +223,18 @@ class Trainer:
         self.logger.info(f"saved checkpoint {path}")
         return path
 
-    def resume(self, load: str) -> None:
-        path = ckpt.resolve_load_path(load, self.recipe.checkpoint.dir)
-        if path is None:  # 'latest' with nothing saved yet: a fresh start
-            return
-        meta = self.engine.load(path)
+    def resume(self, path: Path) -> None:
+        latest = self.recipe.checkpoint.load == "latest"
+        meta = ckpt.read_meta(path)
+        if latest and meta.get("kind") == "train":
+            why = incompatibility(meta, self.recipe, self.engine.config)
+            if why is not None:
+                raise OptimlError(f"checkpoint.load=latest: {path}",
+                                  f"was saved by another run: {why}",
+                                  "start fresh with another checkpoint.dir, or resume it anyway "
+                                  f"with checkpoint.load={path}")
+        # `latest` was verified while choosing it.
+        meta = self.engine.load(path, verify=self.recipe.checkpoint.verify and not latest)
         if meta.get("kind") != "train":
             self.logger.info(f"loaded the weights of {path}; optimizer state fresh")
             return
