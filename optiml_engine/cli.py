@@ -29,11 +29,11 @@ def cmd_convert(args) -> int:
     if args.direction == "hf2engine":
         if not args.hf:
             raise OptimlError("optiml convert hf2engine", "--hf is missing", "pass --hf DIR")
-        hf_to_engine(args.hf, args.out, tp=args.tp, pp=args.pp)
+        hf_to_engine(args.hf, args.out, tp=args.tp, pp=args.pp, overwrite=args.overwrite)
     else:
         if not args.ckpt:
             raise OptimlError("optiml convert engine2hf", "--ckpt is missing", "pass --ckpt CKPT")
-        engine_to_hf(args.ckpt, args.out)
+        engine_to_hf(args.ckpt, args.out, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, say it once
         print(f"wrote {args.out}")
     return 0
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="output directory")
     convert.add_argument("--tp", type=int, default=1, help="tensor-parallel shards (hf2engine)")
     convert.add_argument("--pp", type=int, default=1, help="pipeline stages (hf2engine)")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace a non-empty --out that is not a converted checkpoint")
     convert.set_defaults(func=cmd_convert)
 
     for verb, (_, help_text) in DELEGATED.items():

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -52,6 +53,20 @@ class _Reader:
             raise OptimlError(str(path), "no model.safetensors or pytorch_model.bin",
                               "point at a Hugging Face OPT directory")
 
+    def keys(self) -> list[str]:
+        return list(self.bin if self.bin is not None else self.files)
+
+    def check_names(self, cfg, where: str) -> None:
+        """Refuse weights the config does not declare (e.g. more layers than num_layers), so
+        none is dropped silently; missing ones are refused when read."""
+        expected = set(hf_names(cfg))
+        unexpected = sorted(k for k in self.keys() if k.removeprefix("model.") not in expected)
+        if unexpected:
+            more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
+            raise OptimlError(where, f"weights the config does not declare: "
+                              f"{', '.join(unexpected[:3])}{more}",
+                              "fix config.json (num_hidden_layers, sizes) to match the weights")
+
     def _name(self, name: str) -> str:
         keys = self.bin if self.bin is not None else self.files
         for candidate in (f"model.{name}", name):
@@ -68,6 +83,21 @@ class _Reader:
         view = self.files[key].get_slice(key)
         t = view[rows, cols] if cols is not None else view[rows]
         return t.float()
+
+
+def hf_names(cfg) -> list[str]:
+    """Every tensor name of a Hugging Face OPT of `cfg` (without the "model." prefix)."""
+    names = ["decoder.embed_tokens.weight", "decoder.embed_positions.weight", "lm_head.weight"]
+    if cfg.pre_layer_norm:
+        names += ["decoder.final_layer_norm.weight", "decoder.final_layer_norm.bias"]
+    if cfg.word_embed_proj_dim != cfg.hidden_size:
+        names += ["decoder.project_in.weight", "decoder.project_out.weight"]
+    for i in range(cfg.num_layers):
+        for module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                       "self_attn.out_proj", "self_attn_layer_norm", "fc1", "fc2",
+                       "final_layer_norm"):
+            names += [f"decoder.layers.{i}.{module}.weight", f"decoder.layers.{i}.{module}.bias"]
+    return names
 
 
 def _chunk(n: int, rank: int, size: int) -> slice:
@@ -123,16 +153,30 @@ def hf_to_engine_sharded(hf_dir, out, tp: int = 1, pp: int = 1) -> Path:
     cfg = resolve_model_config(config_from_hf(json.loads(config_file.read_text()),
                                               str(config_file)))
     check_divisible(cfg, tp, "optiml convert hf2engine: --tp")
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else \
+        int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and tp * pp > 1 and not state.is_initialized():
+        # The checkpoint is the same for every layout: --tp/--pp only spread the reading.
+        print(f"optiml convert hf2engine: one process for --tp {tp} --pp {pp}: writing the "
+              "same (layout-independent) checkpoint in one pass; launch tp*pp processes "
+              "with torchrun to split the reading", file=sys.stderr)
+        tp = pp = 1
     owned = not state.is_initialized()
     had_group = dist.is_available() and dist.is_initialized()
     if owned:
+        if world != tp * pp:
+            raise OptimlError("optiml convert hf2engine", f"{world} processes for --tp {tp} "
+                              f"--pp {pp}", f"launch exactly {tp * pp} processes "
+                              f"(torchrun --nproc_per_node {tp * pp})")
         state.initialize(tp, pp)
     try:
         g = state.grid()
         if (g.tp, g.pp, g.dp) != (tp, pp, 1):
             raise OptimlError("optiml convert hf2engine", f"{g.world_size} processes for "
                               f"--tp {tp} --pp {pp}", f"launch exactly {tp * pp} processes")
-        weights = local_weights(_Reader(hf_dir), cfg, g.tp_rank, tp, g.pp_rank, pp)
+        reader = _Reader(hf_dir)
+        reader.check_names(cfg, f"optiml convert hf2engine: {hf_dir}")
+        weights = local_weights(reader, cfg, g.tp_rank, tp, g.pp_rank, pp)
         model = {name: ckpt.as_global(t, dim) for name, (t, dim) in weights.items()}
         ckpt.save(out, {"model": model}, {"step": 0, "source": str(hf_dir),
                                           "model_config": dataclasses.asdict(cfg)},

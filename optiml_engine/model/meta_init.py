@@ -89,6 +89,7 @@ class HFInit:
         from optiml_engine.model.hf_shards import _Reader, local_weights
 
         reader, out = _Reader(self.path), {}
+        reader.check_names(cfg, f"model.hf_path: {self.path}")
         stages = layout.pp * layout.virtual
         for chunk in range(layout.virtual):
             out.update(local_weights(reader, cfg, layout.tp_rank, layout.tp,
