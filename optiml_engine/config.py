@@ -216,7 +216,8 @@ class EvalConfig:
     max_new_tokens: int = doc("greedy decoding budget (OPT-IML: 256)", 256, min=1)
     max_instances: int = doc("instances per task evaluated (Super-NI: 100)", 100, min=1)
     batch_size: int = doc("prompts per evaluation batch", 8, min=1)
-    subset_tasks: int = doc("in-training evaluation: tasks per level (the first by name)", 4, min=1)
+    subset_tasks: int = doc("in-training evaluation: tasks per level, stratified by kind of "
+                            "scoring and category (logged as eval/subset/...)", 4, min=1)
     subset_instances: int = doc("in-training evaluation: instances per task", 20, min=1)
     length_normalize: bool = doc(
         "rank classification picks the highest mean (not summed) token log-likelihood", False)

@@ -370,11 +370,17 @@ def _evaluate_and_report(model, tokenizer, suite, settings, checkpoint, args, ou
 # During training
 
 
-class TrainingEvaluator:
-    """A fixed subset of a bench, evaluated every `eval.interval` steps by the trainer.
+SUBSET_PREFIX = "eval/subset/"  # never "eval/level/...": a subset is not the full evaluation
 
-    `__call__(model, step)` returns {"eval/<level>/<k>shot": score} (and per-benchmark scalars)
-    for the logger, and appends them to `history_path` (JSONL) for the report's line chart.
+
+class TrainingEvaluator:
+    """A fixed, stratified subset of a bench (`suite.subset`), evaluated every `eval.interval`
+    steps by the trainer.
+
+    `__call__(model, step)` returns {"eval/subset/level/<level>/<k>shot": score} (and
+    "eval/subset/benchmark/<name>/<k>shot") for the logger, and appends them to `history_path`
+    (JSONL) for the report's line chart. The names say "subset" so that these scores are never
+    read as those of `optiml eval` (all tasks, all instances).
     """
 
     def __init__(self, eval_cfg, tokenizer, history_path: str | Path | None = None,
@@ -406,7 +412,7 @@ class TrainingEvaluator:
         for shots, groups in summary.items():
             for kind in ("level", "benchmark"):
                 for name, values in groups[kind].items():
-                    scalars[f"eval/{kind}/{name}/{shots}shot"] = values["score"]
+                    scalars[f"{SUBSET_PREFIX}{kind}/{name}/{shots}shot"] = values["score"]
         if self.history_path is not None:
             self.history_path.parent.mkdir(parents=True, exist_ok=True)
             with self.history_path.open("a") as f:

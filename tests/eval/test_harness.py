@@ -192,13 +192,17 @@ def test_training_evaluator_logs_scalars_and_history(model, tmp_path):
     scalars = evaluator(model, step=10)
     assert model.training  # mode restored
     model.eval()
-    # One task per level, two instances each: the random model picks the right option of both
-    # rank-classification instances (100) and matches none of the four reversals (0); the
-    # benchmark score is the mean of its three task scores.
-    assert scalars == {"eval/level/heldout_category/0shot": 100.0,
-                       "eval/level/heldout_task/0shot": 0.0,
-                       "eval/level/heldout_instance/0shot": 0.0,
-                       "eval/benchmark/superni/0shot": pytest.approx(100.0 / 3, rel=1e-12)}
+    # One task per level (the stratified order starts with a rank-classification task), two
+    # instances each: the random model picks the right option of both contains_letter instances
+    # (held-out category: 100), one of two above_fifty (held-out task: 50) and neither is_even
+    # (held-out instances: 0); the benchmark score is the mean of its three task scores.
+    assert scalars == {"eval/subset/level/heldout_category/0shot": 100.0,
+                       "eval/subset/level/heldout_task/0shot": 50.0,
+                       "eval/subset/level/heldout_instance/0shot": 0.0,
+                       "eval/subset/benchmark/superni/0shot": 50.0}
+    assert [et.name for et in evaluator.suite] == ["task5066_synthetic_contains_letter",
+                                                   "task5051_synthetic_is_even",
+                                                   "task5055_synthetic_above_fifty"]
     evaluator(model, step=20)
     rows = [json.loads(x) for x in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20] and rows[0] == {"step": 10, **scalars}
