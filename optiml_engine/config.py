@@ -372,7 +372,32 @@ def parse_override(text: str, where: str = "command line") -> tuple[list[str], A
         value = read_yaml(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    keys = key.strip().split(".")
+    try:  # checked here, so that its errors name the override rather than the recipe file
+        _check_path(Recipe, keys, value)
+    except OptimlError as e:
+        inner = e.where.removeprefix(": ")  # the key inside a whole-section override
+        what = e.what if inner in ("", key.strip()) else f"{inner}: {e.what}"
+        raise OptimlError(f"{where}: {text}", what, e.fix) from None
+    return keys, value
+
+
+def _check_path(cls, keys: list[str], value, prefix: str = "") -> None:
+    """Validate `value` as the field (or whole section) at `keys` of the dataclass `cls`."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    key, rest = keys[0], keys[1:]
+    if key not in fields:
+        raise _unknown_key(key, list(fields), "", prefix)
+    tp = typing.get_type_hints(cls)[key]
+    if dataclasses.is_dataclass(tp):
+        if rest:
+            _check_path(tp, rest, value, f"{prefix}{key}.")
+        else:
+            _build(tp, value, "", f"{prefix}{key}.")
+    elif rest:
+        raise OptimlError("", f"'{prefix}{key}' is not a section", f"write {prefix}{key}=VALUE")
+    else:
+        _check_field(fields[key], _coerce(value, tp, f"{prefix}{key}", ""), f"{prefix}{key}", "")
 
 
 def _merge(tree: dict, path: list[str], value) -> None:
