@@ -96,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--hf", help="Hugging Face OPT directory (hf2engine)")
     convert.add_argument("--ckpt", help="engine checkpoint directory (engine2hf)")
     convert.add_argument("--out", required=True, help="output directory")
-    convert.add_argument("--tp", type=int, default=1, help="tensor-parallel shards (hf2engine)")
-    convert.add_argument("--pp", type=int, default=1, help="pipeline stages (hf2engine)")
+    convert.add_argument("--tp", type=int, default=1,
+                         help="tensor-parallel shards (hf2engine; default: %(default)s)")
+    convert.add_argument("--pp", type=int, default=1,
+                         help="pipeline stages (hf2engine; default: %(default)s)")
     convert.set_defaults(func=cmd_convert)
 
     for verb, (_, help_text) in DELEGATED.items():
