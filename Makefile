@@ -22,13 +22,14 @@ demo: install
 
 test: install
 	$(PYTHON) tools/check_imports.py
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q
 
 test-fast: install
 	$(PYTHON) -m pytest -q -m "not slow"
 
-lint:
-	ruff check .
+lint: install  # ruff comes with the test extras
+	$(PYTHON) -m ruff check .
 
 bench:  # after `make install`; figures go to docs/benchmarks.md by hand, with the machine
 	$(PYTHON) -m optiml_engine data build recipes/bench/synthetic.yaml --out runs/bench-synthetic

@@ -72,6 +72,8 @@ setup(
         # The official Super-NI ROUGE-L is rouge-score's; re-implementing it would drift.
         "rouge-score>=0.1.2",
         "matplotlib>=3.8",
+        # `optiml eval`'s progress bar on a terminal.
+        "tqdm>=4.60",
     ],
     extras_require={
         "test": [
@@ -80,6 +82,8 @@ setup(
             "pytest-timeout>=2.3",
             # HF parity tests compare against transformers' OPT.
             "transformers>=4.40",
+            # `make test` and `make lint` run `ruff check .` (pyproject.toml: line length 100).
+            "ruff>=0.4",
         ],
         "apex": [],
     },

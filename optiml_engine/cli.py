@@ -1,4 +1,4 @@
-"""`optiml <verb>`: train, eval, data, convert, plan, bench.
+"""`optiml <verb>`: train, eval, data, convert, plan, bench, config.
 
 User errors (`OptimlError`) print one line and exit with code 2; nothing else is swallowed.
 """
@@ -20,6 +20,13 @@ def cmd_train(args) -> int:
     from optiml_engine.training.launch import train
 
     train(recipe, training_evaluator)
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    from optiml_engine.config import show_recipe
+
+    print(show_recipe(args.recipe, args.overrides), end="")
     return 0
 
 
@@ -48,22 +55,51 @@ DELEGATED = {
 }
 
 
+def _recipe_help() -> str:
+    """The sections of a recipe with their docs, for `optiml train --help`."""
+    import dataclasses
+
+    from optiml_engine.config import Recipe
+
+    sections = "\n".join(f"  {f.name:<11} {f.metadata['doc']}"
+                          for f in dataclasses.fields(Recipe))
+    return (f"A recipe is YAML with these sections:\n\n{sections}\n\n"
+            "`optiml config show RECIPE [overrides]` prints every field of each section: its "
+            "value,\nwhere it came from (file, override, default) and its doc.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optiml", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    train = verbs.add_parser("train", help="train from a YAML recipe")
+    train = verbs.add_parser("train", help="train from a YAML recipe",
+                             description="Train from a YAML recipe. " + _recipe_help(),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("recipe", help="YAML recipe (see recipes/)")
-    train.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. "
+                       "train.steps=50 optim.lr=1e-3 (a value is read as YAML)")
     train.set_defaults(func=cmd_train)
+
+    config = verbs.add_parser("config", help="inspect recipes")
+    config_verbs = config.add_subparsers(dest="config_verb", required=True)
+    show = config_verbs.add_parser(
+        "show", help="print the resolved recipe: every field, its doc and its origin",
+        description="Print the resolved recipe as YAML: every field with its value, where the "
+        "value came from ([override], [file], [default] or [derived]) and its doc. The output "
+        "is itself a recipe that loads back as the same one.")
+    show.add_argument("recipe", help="YAML recipe (see recipes/)")
+    show.add_argument("overrides", nargs="*", help="section.key=value overrides, as for train")
+    show.set_defaults(func=cmd_config_show)
 
     convert = verbs.add_parser("convert", help="convert checkpoints")
     convert.add_argument("direction", choices=["hf2engine", "engine2hf"])
     convert.add_argument("--hf", help="Hugging Face OPT directory (hf2engine)")
     convert.add_argument("--ckpt", help="engine checkpoint directory (engine2hf)")
     convert.add_argument("--out", required=True, help="output directory")
-    convert.add_argument("--tp", type=int, default=1, help="tensor-parallel shards (hf2engine)")
-    convert.add_argument("--pp", type=int, default=1, help="pipeline stages (hf2engine)")
+    convert.add_argument("--tp", type=int, default=1,
+                         help="tensor-parallel shards (hf2engine; default: %(default)s)")
+    convert.add_argument("--pp", type=int, default=1,
+                         help="pipeline stages (hf2engine; default: %(default)s)")
     convert.add_argument("--overwrite", action="store_true",
                          help="replace a non-empty --out that is not a converted checkpoint")
     convert.set_defaults(func=cmd_convert)

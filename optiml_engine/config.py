@@ -219,7 +219,8 @@ class EvalConfig:
     max_new_tokens: int = doc("greedy decoding budget (OPT-IML: 256)", 256, min=1)
     max_instances: int = doc("instances per task evaluated (Super-NI: 100)", 100, min=1)
     batch_size: int = doc("prompts per evaluation batch", 8, min=1)
-    subset_tasks: int = doc("in-training evaluation: tasks per level (the first by name)", 4, min=1)
+    subset_tasks: int = doc("in-training evaluation: tasks per level, stratified by kind of "
+                            "scoring and category (logged as eval/subset/...)", 4, min=1)
     subset_instances: int = doc("in-training evaluation: instances per task", 20, min=1)
     length_normalize: bool = doc(
         "rank classification picks the highest mean (not summed) token log-likelihood", False)
@@ -374,7 +375,32 @@ def parse_override(text: str, where: str = "command line") -> tuple[list[str], A
         value = read_yaml(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    keys = key.strip().split(".")
+    try:  # checked here, so that its errors name the override rather than the recipe file
+        _check_path(Recipe, keys, value)
+    except OptimlError as e:
+        inner = e.where.removeprefix(": ")  # the key inside a whole-section override
+        what = e.what if inner in ("", key.strip()) else f"{inner}: {e.what}"
+        raise OptimlError(f"{where}: {text}", what, e.fix) from None
+    return keys, value
+
+
+def _check_path(cls, keys: list[str], value, prefix: str = "") -> None:
+    """Validate `value` as the field (or whole section) at `keys` of the dataclass `cls`."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    key, rest = keys[0], keys[1:]
+    if key not in fields:
+        raise _unknown_key(key, list(fields), "", prefix)
+    tp = typing.get_type_hints(cls)[key]
+    if dataclasses.is_dataclass(tp):
+        if rest:
+            _check_path(tp, rest, value, f"{prefix}{key}.")
+        else:
+            _build(tp, value, "", f"{prefix}{key}.")
+    elif rest:
+        raise OptimlError("", f"'{prefix}{key}' is not a section", f"write {prefix}{key}=VALUE")
+    else:
+        _check_field(fields[key], _coerce(value, tp, f"{prefix}{key}", ""), f"{prefix}{key}", "")
 
 
 def _merge(tree: dict, path: list[str], value) -> None:
@@ -464,3 +490,86 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
         raise OptimlError(
             f"{where}: checkpoint.load", "'latest' needs checkpoint.dir", "set checkpoint.dir"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# `optiml config show`: the resolved recipe, each value with its doc and where it came from
+
+def _leaves(tree, prefix: str = "") -> dict[str, Any]:
+    """{"section.key": value} of a (partial) recipe tree; a non-mapping value is a leaf."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree} if prefix else {}
+    out = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict)
+                   else {f"{prefix}{key}": value})
+    return out
+
+
+def _tagged(tree, origin: str):
+    """`tree` with each leaf value replaced by (origin, value)."""
+    if isinstance(tree, dict):
+        return {key: _tagged(value, origin) for key, value in tree.items()}
+    return (origin, tree)
+
+
+def recipe_origins(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, dict[str, str]]:
+    """`load_recipe(path, overrides)` and, for each "section.key", where its value came from:
+    "override" (the command line), "file", "default" (the schema) or "derived" (a model
+    dimension left unset and filled in from model.preset or OPT's rules)."""
+    recipe = load_recipe(path, overrides)
+    tree = _tagged(read_yaml(Path(path).read_text()) or {}, "file") if path is not None else {}
+    for text in overrides:  # merged as load_recipe merges them: a later one wins
+        keys, value = parse_override(text)
+        _merge(tree, keys, _tagged(value, "override"))
+    given = _leaves(tree)
+    origins = {}
+    for section in dataclasses.fields(recipe):
+        config = getattr(recipe, section.name)
+        for f in dataclasses.fields(config):
+            key = f"{section.name}.{f.name}"
+            origin, raw = given.get(key, ("default", f.default))
+            unset = raw is None and getattr(config, f.name) is not None
+            origins[key] = "derived" if unset else origin
+    return recipe, origins
+
+
+def _yaml_value(value) -> str:
+    """`value` as one line of YAML that `read_yaml` reads back as the same value."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    text = text.removesuffix("...").strip()  # a bare scalar ends its document
+    if read_yaml(text) != value:  # e.g. the string '1e5', a float to the recipe loader
+        text = yaml.safe_dump(value, default_style='"', width=10**6).strip()
+    return text
+
+
+def _field_doc(f: dataclasses.Field) -> str:
+    meta, extra = f.metadata, []
+    if meta.get("choices") is not None:
+        extra.append("one of " + ", ".join("null" if c is None else str(c)
+                                           for c in meta["choices"]))
+    if meta.get("min") is not None:
+        extra.append(f">= {meta['min']}")
+    if meta.get("max") is not None:
+        extra.append(f"<= {meta['max']}")
+    return meta.get("doc", "") + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def show_recipe(path: str | Path, overrides: list[str] = ()) -> str:
+    """The resolved recipe as YAML: every field, its origin and doc as a comment. It loads back
+    (`load_recipe`) as the same recipe."""
+    recipe, origins = recipe_origins(path, overrides)
+    lines = [f"# optiml config show {' '.join([str(path), *overrides])}",
+             "# Every field of the resolved recipe; the comment says where its value came from",
+             "# ([override] the command line, [file] the recipe, [default] the schema, [derived]",
+             "# filled in from model.preset or OPT's rules), then what the field means.", ""]
+    for section in dataclasses.fields(recipe):
+        lines.append(f"{section.name}:  # {section.metadata['doc']}")
+        config = getattr(recipe, section.name)
+        rows = [(f"  {f.name}: {_yaml_value(getattr(config, f.name))}",
+                 f"[{origins[f'{section.name}.{f.name}']}] {_field_doc(f)}")
+                for f in dataclasses.fields(config)]
+        width = max(len(code) for code, _ in rows)
+        lines += [f"{code.ljust(width)}  # {comment}" for code, comment in rows]
+        lines.append("")
+    return "\n".join(lines)

@@ -2,6 +2,9 @@
 
     python tools/bench_kernels.py attention|cross-entropy|adamw [--out DIR] [--quick]
 
+`--quick` (a smoke run of seconds): on a CPU, one attention shape, 512 cross-entropy tokens
+measured in this process, a 2-layer AdamW layout, 1 + 3 calls each.
+
 On a GPU every available backend is timed with `triton.testing.do_bench` at the issue's sizes
 (attention: 2048-token rows of ~8 examples, bf16, head dims 64/80/128; cross-entropy: 16k tokens
 x 50272; AdamW: OPT-1.3B's parameters). Without one, the CPU backends are measured at smaller
@@ -17,6 +20,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -26,12 +30,14 @@ GPU = torch.cuda.is_available()
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def time_ms(fn, warmup: int = 2, reps: int = 5) -> float:
-    """Median milliseconds per call (do_bench on a GPU)."""
+def time_ms(fn, warmup: int = 2, reps: int = 5, quick: bool = False) -> float:
+    """Median milliseconds per call (do_bench on a GPU); `quick`: 1 + 3 calls on a CPU."""
     if GPU:
         import triton.testing
 
         return float(triton.testing.do_bench(fn, warmup=25, rep=100))
+    if quick:
+        warmup, reps = 1, 3
     for _ in range(warmup):
         fn()
     samples = []
@@ -62,7 +68,7 @@ def bench_attention(quick: bool) -> list[dict]:
         fns, flops = cases.attention_cases(batch, seq, heads, dim, n_ex, DTYPES[dtype], device,
                                            dropout_p=drop)
         for backend, fn in fns.items():
-            ms = time_ms(fn)
+            ms = time_ms(fn, quick=quick)
             rows.append(dict(kernel="attention", backend=backend, shape=f"B{batch} S{seq} H{heads}"
                              f" D{dim} {n_ex}ex {dtype}" + (f" dropout {drop}" if drop else ""),
                              ms=round(ms, 3), tflops=round(flops / ms / 1e9, 4)))
@@ -92,7 +98,7 @@ def bench_cross_entropy(quick: bool, tokens: int | None = None, targets: float =
     if GPU:
         tokens, vocab, hidden, dtype = tokens or 16384, 50272, 2048, "bf16"
     else:
-        tokens, vocab, hidden, dtype = tokens or (1024 if quick else 4096), 50272, 768, "fp32"
+        tokens, vocab, hidden, dtype = tokens or (512 if quick else 4096), 50272, 768, "fp32"
     shape = f"{tokens} tok ({targets:.0%} targets) x {vocab} vocab, hidden {hidden}, {dtype}"
     for variant in cases.cross_entropy_variants("cuda" if GPU else "cpu"):
         if GPU:
@@ -105,6 +111,12 @@ def bench_cross_entropy(quick: bool, tokens: int | None = None, targets: float =
             peak = torch.cuda.max_memory_allocated() - base
             ms = time_ms(lambda v=variant, i=inputs: cases.cross_entropy_variant(v, *i))
             del inputs
+        elif quick:  # in this process, not a fresh one per variant: the peak is approximate
+            results, threads = [], torch.get_num_threads()
+            _ce_peak_child(variant, tokens, vocab, hidden, dtype, targets,
+                           SimpleNamespace(put=results.append))
+            torch.set_num_threads(threads)
+            (peak, ms), = results
         else:
             ctx = mp.get_context("spawn")
             queue = ctx.Queue()
@@ -122,13 +134,13 @@ def bench_adamw(quick: bool) -> list[dict]:
     if GPU:  # OPT-1.3B: hidden 2048, 24 layers
         shapes, dtype, label = cases.opt_layer_shapes(2048, 24, 50272, 2050), "bf16", "OPT-1.3B"
     else:  # OPT-125m's tensor layout (12 layers) at width 256: ~13M params, 150 tensors
-        layers = 4 if quick else 12
-        shapes, dtype, label = cases.opt_layer_shapes(256, layers, 8192, 2050), "fp32", \
+        layers, vocab = (2, 2048) if quick else (12, 8192)
+        shapes, dtype, label = cases.opt_layer_shapes(256, layers, vocab, 2050), "fp32", \
             f"OPT layout, {layers} layers, width 256"
     rows = []
     fns, n, bytes_moved = cases.adamw_cases(shapes, DTYPES[dtype], "cuda" if GPU else "cpu")
     for backend, fn in fns.items():
-        ms = time_ms(fn)
+        ms = time_ms(fn, quick=quick)
         rows.append(dict(kernel="adamw", backend=backend,
                          shape=f"{label}: {n / 1e6:.1f}M params, {len(shapes)} tensors, {dtype}",
                          ms=round(ms, 3), gbps=round(bytes_moved / ms / 1e6, 2)))
@@ -174,12 +186,15 @@ BENCHES = {"attention": bench_attention, "cross-entropy": bench_cross_entropy,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="optiml bench", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=list(BENCHES))
-    parser.add_argument("--out", default="bench_out/kernels", help="directory for CSV and PNG")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    parser.add_argument("--tokens", type=int, help="cross-entropy: tokens (default 16k on a GPU, "
-                        "4096 on a CPU)")
+    parser.add_argument("--out", default="bench_out/kernels",
+                        help="directory for CSV and PNG (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sizes and fewer repetitions: a smoke run of seconds")
+    parser.add_argument("--tokens", type=int, help="cross-entropy: tokens (default: 16k on a "
+                        "GPU, 4096 on a CPU, 512 with --quick)")
     parser.add_argument("--targets", type=float, default=0.7,
-                        help="cross-entropy: fraction of tokens that carry a loss (default 0.7)")
+                        help="cross-entropy: fraction of tokens that carry a loss "
+                        "(default: %(default)s)")
     args = parser.parse_args(argv)
     extra = {"tokens": args.tokens, "targets": args.targets} if args.kind == "cross-entropy" \
         else {}

@@ -101,11 +101,18 @@ def format_table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="examples to pack")
-    parser.add_argument("--capacity", type=int, default=2048, help="tokens per packed sample")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="C++ timing: best of this many")
+    parser = argparse.ArgumentParser(prog="optiml bench packing",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000,
+                        help="examples to pack (default: %(default)s)")
+    parser.add_argument("--capacity", type=int, default=2048,
+                        help="tokens per packed sample (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="C++ timing: best of this many (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of seconds: 20,000 examples, one repeat")
     args = parser.parse_args(argv)
-    print(format_table(run(args.n, args.capacity, args.seed, args.repeats)))
+    n, repeats = (20_000, 1) if args.quick else (args.n, args.repeats)
+    print(format_table(run(n, args.capacity, args.seed, repeats)))
     return 0

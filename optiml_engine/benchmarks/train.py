@@ -88,15 +88,28 @@ def hf_throughput(recipe, steps_examples, warmup: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
+# --quick: the embedded synthetic set (no bench to build), small steps, 2 timed after 1.
+QUICK = ["data.bench=null", "data.synthetic=true", "data.synthetic_examples=200",
+         "train.micro_batch_size=4", "train.global_batch_size=4"]
+
+
 def main(argv=None) -> int:
     from optiml_engine.config import load_recipe
 
-    parser = argparse.ArgumentParser(prog="optiml bench train", description=__doc__)
-    parser.add_argument("--recipe", default="recipes/demo.yaml")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("overrides", nargs="*")
+    parser = argparse.ArgumentParser(prog="optiml bench train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/demo.yaml",
+                        help="the model and data to train (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="timed optimizer steps (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run of seconds: 2 steps after 1, with {' '.join(QUICK)}")
+    parser.add_argument("overrides", nargs="*", help="section.key=value recipe overrides")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.overrides = 2, 1, [*QUICK, *args.overrides]
     recipe = load_recipe(args.recipe, [*args.overrides, "model.dropout=0.0",
                                        "checkpoint.dir=null", "logging.dir=null"])
     engine_tps, seen = engine_throughput(recipe, args.steps, args.warmup)

@@ -14,8 +14,10 @@ data-parallel replicas split the tasks (eval/distributed.py); rank 0 writes the 
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from optiml_engine.errors import OptimlError
 from optiml_engine.eval import metrics
 from optiml_engine.eval.generate import greedy_generate
 from optiml_engine.eval.scoring import score_options
-from optiml_engine.eval.suite import EvalTask, load_suite, subset
+from optiml_engine.eval.suite import LEVELS, EvalTask, load_suite, subset
 
 
 @dataclass
@@ -189,14 +191,51 @@ def _start_run(out: Path, fingerprint: dict, paths: list[Path]) -> list[bool]:
     return [path.is_file() for path in paths]
 
 
+class LineProgress:
+    """Progress for a log file (stderr is not a terminal): one line each time another `step`
+    percent of the instances is done, never tqdm's carriage-return redraws of one line.
+    The same calls as the tqdm bar: set_description, update, close."""
+
+    def __init__(self, total: int, tasks: int, file=None, step: int = 5):
+        self.total, self.tasks, self.step = total, tasks, step
+        self.file = file if file is not None else sys.stderr
+        self.done = self.started = 0
+        self.shown = -1  # the last percentage printed
+        self.what = ""
+        self.start = time.perf_counter()
+
+    def set_description(self, what: str) -> None:
+        self.what, self.started = what, self.started + 1
+
+    def update(self, n: int) -> None:
+        self.done += n
+        percent = 100 * self.done // max(self.total, 1)
+        if percent // self.step > self.shown // self.step or self.done >= self.total:
+            self.shown = percent
+            seconds = time.perf_counter() - self.start
+            print(f"eval: {percent}% ({self.done}/{self.total} instances, task "
+                  f"{self.started}/{self.tasks}: {self.what}) {seconds:.0f} s", file=self.file,
+                  flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, tasks: int, show: bool):
+    """tqdm on a terminal, `LineProgress` in a log file, nothing when not shown."""
+    from tqdm.auto import tqdm
+
+    if show and not sys.stderr.isatty():
+        return LineProgress(total, tasks)
+    return tqdm(total=total, unit="ex", disable=not show, dynamic_ncols=True)
+
+
 def run_eval(model, tokenizer, suite: list[EvalTask], settings: EvalSettings, out_dir,
              fingerprint: dict | None = None, render=_default_render,
              show_progress: bool = True, ranks=None) -> list[dict] | None:
     """Every (task, shots) pair of `suite`, resuming from what `out_dir/tasks` already holds.
     `ranks` (default: one process) shares the pairs out; None is returned where it collects
     nothing (the other ranks of a distributed run)."""
-    from tqdm.auto import tqdm
-
     ranks = ranks or OneProcess()
     out = Path(out_dir)
     pairs = [(et, shots, _task_file(out, et, shots)) for shots in settings.shots for et in suite]
@@ -205,8 +244,7 @@ def run_eval(model, tokenizer, suite: list[EvalTask], settings: EvalSettings, ou
     model.eval()
     total = sum(min(len(pairs[i][0].instances), settings.max_instances) for i in todo)
     finished: dict[int, list] = {}
-    bar = tqdm(total=total, unit="ex", disable=not (show_progress and ranks.shows_progress),
-               dynamic_ncols=True)
+    bar = _progress(total, len(todo), show_progress and ranks.shows_progress)
     try:
         for i in todo:
             et, shots, path = pairs[i]
@@ -270,24 +308,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="engine checkpoint or HF OPT directory")
     p.add_argument("--bench", required=True, help="bench manifest (or its directory), or "
                    "'synthetic[:SEED]'")
-    p.add_argument("--shots", default="0", help="comma-separated numbers of demonstrations")
+    p.add_argument("--shots", default="0", help="comma-separated numbers of demonstrations "
+                   "(default: %(default)s)")
     p.add_argument("--out", required=True, help="output directory (results, report, charts)")
-    p.add_argument("--tokenizer", help="tokenizer spec (default: from the checkpoint)")
-    p.add_argument("--max-instances", type=int, default=100, help="instances per task")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="greedy decoding budget")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
-    p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draws")
+    p.add_argument("--tokenizer", help="tokenizer spec (default: the checkpoint's)")
+    p.add_argument("--max-instances", type=int, default=100,
+                   help="instances per task (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="greedy decoding budget (default: %(default)s, as OPT-IML)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="prompts per batch (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the demonstration draws (default: %(default)s)")
     p.add_argument("--length-normalize", action="store_true",
-                   help="rank options by mean token log-likelihood instead of the sum")
-    p.add_argument("--levels", help="comma-separated levels to run (default: all)")
-    p.add_argument("--history", help="in-training evaluations (JSONL) to chart against steps")
+                   help="rank options by mean token log-likelihood (default: the sum)")
+    p.add_argument("--levels", help=f"comma-separated levels to run, of {', '.join(LEVELS)} "
+                   "(default: all)")
+    p.add_argument("--history", help="in-training evaluations (JSONL) to chart against steps "
+                   "(default: none)")
     p.add_argument("--baseline", help="also evaluate this model (a checkpoint, an HF directory, or "
-                   "'init': the same architecture untrained) and print both tables side by side")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+                   "'init': the same architecture untrained) and print both tables side by side "
+                   "(default: none)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available, else cpu: here %(default)s)")
     p.add_argument("--tp", type=int, help="under torchrun: tensor-parallel ranks per model "
                    "replica (default: the processes / --pp)")
-    p.add_argument("--pp", type=int, default=1, help="under torchrun: pipeline stages")
+    p.add_argument("--pp", type=int, default=1,
+                   help="under torchrun: pipeline stages (default: %(default)s)")
     return p
+
+
+def _select_levels(suite: list[EvalTask], text: str) -> list[EvalTask]:
+    """The tasks of the comma-separated levels `text`; a name no level has is refused with the
+    valid names (the three of OPT-IML Bench, and any other level the suite holds)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    valid = list(LEVELS) + sorted({et.level for et in suite} - set(LEVELS))
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise OptimlError(f"--levels {text}", f"unknown level '{name}'",
+                              f"{hint}valid: {', '.join(valid)}")
+    return [et for et in suite if et.level in names]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                             seed=args.seed, length_normalize=args.length_normalize)
     suite = load_suite(args.bench)
     if args.levels:
-        keep = set(args.levels.split(","))
-        suite = [et for et in suite if et.level in keep]
+        suite = _select_levels(suite, args.levels)
     if not suite:
         raise OptimlError(f"--bench {args.bench}", "no evaluation tasks", "check the bench/levels")
     for path in (args.checkpoint, args.baseline):  # fail fast, before any process group
@@ -370,11 +431,17 @@ def _evaluate_and_report(model, tokenizer, suite, settings, checkpoint, args, ou
 # During training
 
 
-class TrainingEvaluator:
-    """A fixed subset of a bench, evaluated every `eval.interval` steps by the trainer.
+SUBSET_PREFIX = "eval/subset/"  # never "eval/level/...": a subset is not the full evaluation
 
-    `__call__(model, step)` returns {"eval/<level>/<k>shot": score} (and per-benchmark scalars)
-    for the logger, and appends them to `history_path` (JSONL) for the report's line chart.
+
+class TrainingEvaluator:
+    """A fixed, stratified subset of a bench (`suite.subset`), evaluated every `eval.interval`
+    steps by the trainer.
+
+    `__call__(model, step)` returns {"eval/subset/level/<level>/<k>shot": score} (and
+    "eval/subset/benchmark/<name>/<k>shot") for the logger, and appends them to `history_path`
+    (JSONL) for the report's line chart. The names say "subset" so that these scores are never
+    read as those of `optiml eval` (all tasks, all instances).
     """
 
     def __init__(self, eval_cfg, tokenizer, history_path: str | Path | None = None,
@@ -406,7 +473,7 @@ class TrainingEvaluator:
         for shots, groups in summary.items():
             for kind in ("level", "benchmark"):
                 for name, values in groups[kind].items():
-                    scalars[f"eval/{kind}/{name}/{shots}shot"] = values["score"]
+                    scalars[f"{SUBSET_PREFIX}{kind}/{name}/{shots}shot"] = values["score"]
         if self.history_path is not None:
             self.history_path.parent.mkdir(parents=True, exist_ok=True)
             with self.history_path.open("a") as f:

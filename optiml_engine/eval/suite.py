@@ -136,12 +136,35 @@ def _is_eval_manifest(data) -> bool:
         isinstance(e, dict) and "path" in e and "level" in e for e in data["tasks"])
 
 
+def task_kind(et: EvalTask) -> str:
+    """"rank" (rank classification over answer options) or "generate" (greedy decoding)."""
+    return "rank" if any(inst.options for inst in et.instances) else "generate"
+
+
+def _round_robin(groups: list[list]) -> list:
+    """The first item of each group, then the second of each, ... (groups keep their order)."""
+    return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
+
+
+def stratified_order(tasks: list[EvalTask]) -> list[EvalTask]:
+    """`tasks` in the order the in-training subset takes them: rank-classification and generation
+    tasks alternate (rank first); within each kind the categories take turns (in name order), and
+    within a category the tasks come in name order. Deterministic: names alone decide."""
+    by_kind: dict[str, dict[str, list[EvalTask]]] = {}
+    for et in sorted(tasks, key=lambda et: et.name):
+        by_kind.setdefault(task_kind(et), {}).setdefault(et.task.category, []).append(et)
+    kinds = [by_kind[k] for k in ("rank", "generate") if k in by_kind]
+    return _round_robin([_round_robin([cats[c] for c in sorted(cats)]) for cats in kinds])
+
+
 def subset(suite: list[EvalTask], tasks_per_level: int, instances_per_task: int) -> list[EvalTask]:
-    """A fixed, small slice for in-training evaluation: the first tasks of each level (in name
-    order) and their first instances."""
+    """A fixed, small, stratified slice for in-training evaluation: per level, the first
+    `tasks_per_level` tasks of `stratified_order` (both kinds of scoring, several categories),
+    each with its first `instances_per_task` instances. Its scores are not those of the full
+    evaluation: the trainer logs them under eval/subset/..."""
     picked = []
     for level in sorted({et.level for et in suite}):
-        tasks = sorted((et for et in suite if et.level == level), key=lambda et: et.name)
+        tasks = stratified_order([et for et in suite if et.level == level])
         for et in tasks[:tasks_per_level]:
             picked.append(EvalTask(et.task, et.level, et.instances[:instances_per_task],
                                    et.demo_pool))

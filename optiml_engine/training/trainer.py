@@ -202,7 +202,7 @@ class Trainer:
                 self.model.train()
                 self.logger.scalars(self.step, scores, prefix=None)
                 self.logger.info(" | ".join(f"{k} {v:.1f}" for k, v in scores.items()
-                                            if k.startswith("eval/level/")))
+                                            if k.startswith("eval/subset/level/")))
             interval = cfg.checkpoint.interval
             if cfg.checkpoint.dir and (
                 (interval and self.step % interval == 0) or self.step == last

@@ -192,13 +192,17 @@ def test_training_evaluator_logs_scalars_and_history(model, tmp_path):
     scalars = evaluator(model, step=10)
     assert model.training  # mode restored
     model.eval()
-    # One task per level, two instances each: the random model picks the right option of both
-    # rank-classification instances (100) and matches none of the four reversals (0); the
-    # benchmark score is the mean of its three task scores.
-    assert scalars == {"eval/level/heldout_category/0shot": 100.0,
-                       "eval/level/heldout_task/0shot": 0.0,
-                       "eval/level/heldout_instance/0shot": 0.0,
-                       "eval/benchmark/superni/0shot": pytest.approx(100.0 / 3, rel=1e-12)}
+    # One task per level (the stratified order starts with a rank-classification task), two
+    # instances each: the random model picks the right option of both contains_letter instances
+    # (held-out category: 100), one of two above_fifty (held-out task: 50) and neither is_even
+    # (held-out instances: 0); the benchmark score is the mean of its three task scores.
+    assert scalars == {"eval/subset/level/heldout_category/0shot": 100.0,
+                       "eval/subset/level/heldout_task/0shot": 50.0,
+                       "eval/subset/level/heldout_instance/0shot": 0.0,
+                       "eval/subset/benchmark/superni/0shot": 50.0}
+    assert [et.name for et in evaluator.suite] == ["task5066_synthetic_contains_letter",
+                                                   "task5051_synthetic_is_even",
+                                                   "task5055_synthetic_above_fifty"]
     evaluator(model, step=20)
     rows = [json.loads(x) for x in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20] and rows[0] == {"step": 10, **scalars}
@@ -277,3 +281,55 @@ def test_suite_from_a_built_bench(tmp_path):
             assert len(et.demo_pool) == 6
         else:
             assert et.demo_pool is None and len(et.instances) == 8
+
+
+def test_misspelled_level_lists_the_valid_names(tmp_path, capsys):
+    from optiml_engine.cli import main as cli_main
+
+    argv = ["eval", "--checkpoint", str(tmp_path / "none"), "--bench", "synthetic", "--out",
+            str(tmp_path / "out"), "--levels", "heldout_category,heldout_tasks"]
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err == (
+        "optiml: error: --levels heldout_category,heldout_tasks: unknown level 'heldout_tasks' "
+        "(did you mean 'heldout_task'? valid: heldout_category, heldout_task, heldout_instance)\n")
+
+
+def test_eval_help_shows_the_defaults(capsys):
+    from optiml_engine.eval.harness import build_parser
+
+    text = " ".join(build_parser().format_help().split())  # argparse wraps at the terminal width
+    for fragment in ("demonstrations (default: 0)", "instances per task (default: 100)",
+                     "greedy decoding budget (default: 256, as OPT-IML)",
+                     "prompts per batch (default: 8)", "pipeline stages (default: 1)",
+                     "demonstration draws (default: 0)"):
+        assert fragment in text
+
+
+def test_progress_in_a_log_file_is_a_line_per_step():
+    import io
+    import re
+
+    from optiml_engine.eval.harness import LineProgress
+
+    out = io.StringIO()
+    bar = LineProgress(total=40, tasks=2, file=out, step=25)
+    for name in ("a 0-shot", "b 0-shot"):
+        bar.set_description(name)
+        for _ in range(4):
+            bar.update(5)
+    assert [re.sub(r" \d+ s$", "", line) for line in out.getvalue().split("\n")] == [
+        "eval: 12% (5/40 instances, task 1/2: a 0-shot)",
+        "eval: 25% (10/40 instances, task 1/2: a 0-shot)",
+        "eval: 50% (20/40 instances, task 1/2: a 0-shot)",
+        "eval: 75% (30/40 instances, task 2/2: b 0-shot)",
+        "eval: 100% (40/40 instances, task 2/2: b 0-shot)",
+        ""]
+
+
+def test_run_eval_writes_no_carriage_returns_to_a_log(model, tmp_path, capsys):
+    run_eval(model, ByteTokenizer(), _suite(), SETTINGS, tmp_path)  # stderr: not a terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[-1].startswith("eval: 100% (28/28 instances, task 6/6: taskC 2-shot)")
+    assert all(line.startswith("eval: ") for line in lines) and len(lines) == 10  # 10 batches

@@ -116,7 +116,7 @@ def test_in_training_evaluation_is_logged(tiny_recipe, bench_dir, tmp_path):
     trainer.fit()
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
-    levels = sorted(t for t in events.Tags()["scalars"] if t.startswith("eval/level/"))
+    levels = sorted(t for t in events.Tags()["scalars"] if t.startswith("eval/subset/level/"))
     assert len(levels) == 3  # the three generalization levels, 0-shot
     # The logged scores are those of the model at step 2 (the final one), evaluated directly.
     direct = TrainingEvaluator(recipe.eval, trainer.tokenizer)(
