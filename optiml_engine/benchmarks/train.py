@@ -27,11 +27,14 @@ def engine_throughput(recipe, steps: int, warmup: int) -> tuple[float, list]:
         return seen[-1]
 
     trainer.loader.next_step = recording_next_step
-    for _ in range(warmup):
-        trainer.train_step()
-    tokens, start = 0.0, time.perf_counter()
-    for _ in range(steps):
-        tokens += trainer.train_step()["target_tokens"]
+    try:
+        for _ in range(warmup):
+            trainer.train_step()
+        tokens, start = 0.0, time.perf_counter()
+        for _ in range(steps):
+            tokens += trainer.train_step()["target_tokens"]
+    finally:
+        trainer.close()  # gives back the grid (and a checkpoint.dir lock) it took
     return tokens / (time.perf_counter() - start), seen
 
 
