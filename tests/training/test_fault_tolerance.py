@@ -172,3 +172,19 @@ def test_a_diverged_run_ends_with_one_line_and_exit_1(tiny_recipe, tmp_path):
     for path in sorted(ck.glob("step_*")):
         model = run(tiny_recipe, f"checkpoint.load={path}").model
         assert all(torch.isfinite(p).all() for p in model.parameters()), path
+
+
+def test_eval_of_a_corrupt_checkpoint_is_one_line_exit_2(tiny_recipe, bench_dir, tmp_path,
+                                                         capsys):
+    from optiml_engine.cli import main
+
+    Trainer(tiny_recipe("train.steps=1", f"checkpoint.dir={tmp_path / 'ck'}"),
+            verbose=False).fit()
+    (distcp,) = (tmp_path / "ck" / "step_0000001").glob("*.distcp")
+    flip(distcp)
+    capsys.readouterr()
+    code = main(["eval", "--checkpoint", str(tmp_path / "ck" / "step_0000001"), "--bench",
+                 str(bench_dir / "out"), "--max-instances", "1", "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("optiml: error: checkpoint ")
+    assert "__0_0.distcp does not match its checksum" in err[-1]
