@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import OptimlError
+from ..errors import OptimlError, read_json
 from .bench_config import BenchConfig, SourceConfig, load_bench_config
 from .bench_store import FORMAT_VERSION, ShardWriter, sha256_file, task_record
 from .consolidate import (
@@ -228,8 +228,11 @@ def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = Fals
     fingerprint = input_fingerprint(cfg)
     manifest_file = out / "manifest.json"
     if not force and manifest_file.is_file():
-        old = json.loads(manifest_file.read_text(encoding="utf-8"))
-        if old.get("input_fingerprint") == fingerprint:
+        try:
+            old = read_json(manifest_file)
+        except OptimlError:
+            old = None  # unreadable: rebuilt below
+        if isinstance(old, dict) and old.get("input_fingerprint") == fingerprint:
             return {**old, "up_to_date": True}
     from .tokenizer import load_tokenizer
 

@@ -13,12 +13,9 @@ rebuild gives the same text.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-import yaml
-
-from ...errors import OptimlError
+from ...errors import OptimlError, parse_json, parse_yaml, read_text
 from ..task import Instance, Task
 from .common import read_jsonl
 from .sandbox import TemplateRefused, pattern_fields, render_pattern
@@ -38,11 +35,10 @@ def read_flan_templates(root: Path) -> tuple[Path, dict[str, list[tuple[str, str
     else:
         raise OptimlError(str(root), "no templates.json / templates.yaml",
                           "export FLAN's patterns as {dataset: [[input, target], ...]}")
-    try:
-        text = file.read_text(encoding="utf-8")
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        raise OptimlError(str(file), f"cannot parse: {err}") from err
+    text = read_text(file)
+    fix = "export FLAN's patterns as {dataset: [[input, target], ...]}"
+    data = (parse_json(text, str(file), fix) if file.suffix == ".json"
+            else parse_yaml(text, str(file), fix=fix))
     if not isinstance(data, dict):
         raise OptimlError(str(file), "must map dataset names to lists of pattern pairs")
     templates = {}

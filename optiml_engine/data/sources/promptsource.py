@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ...errors import OptimlError
+from ...errors import OptimlError, parse_yaml, read_text
 from ..task import Instance, Task
 from .common import expand, read_jsonl
 from .sandbox import TemplateRefused, render_jinja
@@ -30,10 +30,8 @@ for _tag in ("!Template", "!TemplateMetadata"):
 
 
 def read_templates(path: Path) -> dict:
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_TemplateLoader)
-    except (OSError, yaml.YAMLError) as err:
-        raise OptimlError(str(path), f"cannot parse the templates file: {err}") from err
+    data = parse_yaml(read_text(path), str(path), _TemplateLoader,
+                      "fix the templates file or remove it from the bench config")
     if not isinstance(data, dict) or not isinstance(data.get("templates"), dict):
         raise OptimlError(str(path), "no 'templates' mapping", "is this a PromptSource file?")
     return data
