@@ -78,7 +78,7 @@ def input_fingerprint(cfg: BenchConfig) -> str:
     return h.hexdigest()
 
 
-def _read_source(src: SourceConfig, skipped: list[Skipped]) -> list[Task]:
+def _read_source(src: SourceConfig, skipped: list[Skipped], limits) -> list[Task]:
     if src.format == "synthetic":
         from .synthetic import synthetic_tasks
 
@@ -104,7 +104,8 @@ def _read_source(src: SourceConfig, skipped: list[Skipped]) -> list[Task]:
     tasks = []
     for unit in units:
         try:
-            tasks.extend(load_tasks(unit, src.format, benchmark=src.name, seed=src.seed))
+            tasks.extend(load_tasks(unit, src.format, benchmark=src.name, seed=src.seed,
+                                    limits=limits))
         except OptimlError as err:
             if src.on_error == "fail":
                 raise
@@ -118,7 +119,7 @@ def read_all(cfg: BenchConfig) -> tuple[list[Task], list[Skipped], dict[str, int
     capped: dict[str, int] = {}
     for src in cfg.sources:
         cap = src.cap or (FLAN_TASK_CAP if src.format == "flan" else cfg.default_cap)
-        for task in _read_source(src, skipped):
+        for task in _read_source(src, skipped, cfg.templates):
             dropped = cap_instances(task, cap, cfg.seed)
             if dropped:
                 capped[task.name] = dropped

@@ -23,6 +23,10 @@ held_out:
   instances: 0.1                # fraction (< 1) or count (>= 1) per training task
   max_eval_instances: 100       # per task and level
 leakage: {n: 13, threshold: 0.5, action: report}   # or drop_train
+templates:                      # limits per render of one record (PromptSource Jinja, FLAN)
+  max_seconds: 1.0              # CPU seconds; real templates take microseconds
+  max_chars: 1000000            # characters of the output and of anything built on the way;
+                                # widths and repeats beyond it are refused before they run
 ```
 Relative paths are read from the config file's directory; `${VAR}` expands environment variables
 (in `tokenizer` and source paths; a variable that is not set is an error naming it).
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OptimlError, parse_yaml, read_text
-from .sources import FORMATS
+from .sources import FORMATS, TemplateLimits
 
 SOURCE_FORMATS = (*FORMATS, "synthetic", "text")
 DEFAULT_CAP = 100_000
@@ -91,6 +95,7 @@ class BenchConfig:
     held_out: HeldOutConfig
     leakage: LeakageConfig
     raw: dict
+    templates: TemplateLimits = field(default_factory=TemplateLimits)
 
 
 def _check_keys(d: dict, allowed: set[str], where: str) -> None:
@@ -177,6 +182,21 @@ def _tokenizer_spec(spec: str, base: Path) -> str:
     return spec if spec == "byte" or Path(spec).is_absolute() else str(base / spec)
 
 
+def _template_limits(raw: dict, where: str) -> TemplateLimits:
+    d = _typed(raw, "templates", dict, {}, where) or {}
+    w = f"{where}: templates"
+    _check_keys(d, {"max_seconds", "max_chars"}, w)
+    default = TemplateLimits()
+    limits = TemplateLimits(
+        max_seconds=float(_typed(d, "max_seconds", (int, float), default.max_seconds, w)),
+        max_chars=_typed(d, "max_chars", int, default.max_chars, w))
+    if limits.max_seconds <= 0:
+        raise OptimlError(f"{w}.max_seconds", "must be positive", "e.g. 1.0")
+    if limits.max_chars < 1:
+        raise OptimlError(f"{w}.max_chars", "must be at least 1", "e.g. 1000000")
+    return limits
+
+
 def load_bench_config(path: str | Path) -> BenchConfig:
     path = Path(path)
     raw = parse_yaml(read_text(path, "pass the path of a bench YAML (see recipes/bench/)"),
@@ -184,7 +204,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     if not isinstance(raw, dict):
         raise OptimlError(str(path), "a bench config is a YAML mapping")
     top = {"name", "seed", "tokenizer", "max_example_tokens", "train_shots", "default_cap",
-           "sources", "categories", "on_unmapped", "dedup", "held_out", "leakage"}
+           "sources", "categories", "on_unmapped", "dedup", "held_out", "leakage", "templates"}
     _check_keys(raw, top, str(path))
     where = str(path)
     sources = raw.get("sources")
@@ -227,7 +247,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
             threshold=float(_typed(leak, "threshold", (int, float), 0.5, f"{where}: leakage")),
             action=_choice(_typed(leak, "action", str, "report", f"{where}: leakage"),
                            ("report", "drop_train"), f"{where}: leakage.action")),
-        raw=raw)
+        raw=raw, templates=_template_limits(raw, where))
     if cfg.max_example_tokens < 2:
         raise OptimlError(f"{where}: max_example_tokens", "must be at least 2")
     return cfg
