@@ -2,7 +2,8 @@
 
 A recipe is a YAML file with one mapping per section. Every field has a type, a default and a
 one-line doc (`doc(...)`), and may declare allowed `choices` or a numeric range. Anything else is
-rejected with one line naming the file, the key and the allowed values.
+rejected with one line naming the file, the key and the allowed values; floats must be finite, and
+sizes have documented upper bounds (`MAX_POSITIONS` ... below) checked before anything is built.
 
 These keys are a contract with scripts outside the repository: train.steps, train.seed,
 train.micro_batch_size, train.global_batch_size, data.seq_length, optim.lr, model.dropout,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -23,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from optiml_engine.errors import OptimlError
+from optiml_engine.errors import OptimlError, parse_yaml, read_text
 
 
 def doc(
@@ -36,6 +38,16 @@ def doc(
     return field(default=default, metadata=meta)
 
 
+# Documented bounds on sizes, so that a typo (10**9 positions) is refused before anything is
+# allocated rather than attempted (a 10**9-position table is 256 GB at width 64). They are far
+# above every published OPT (175B: 96 layers, width 12288, 2048 positions, 50272 tokens).
+MAX_POSITIONS = 1 << 17  # model.max_position_embeddings and data.seq_length: 131072
+MAX_VOCAB = 1 << 20  # model.vocab_size: 1048576
+MAX_WIDTH = 1 << 16  # model.hidden_size, model.word_embed_proj_dim (ffn: 4x): 65536
+MAX_LAYERS = 1024  # model.num_layers, model.num_heads
+MAX_MICRO_BATCH_TOKENS = 1 << 24  # train.micro_batch_size x data.seq_length: 16M tokens
+
+
 @dataclass
 class ModelConfig:
     preset: str | None = doc(
@@ -46,15 +58,18 @@ class ModelConfig:
     hf_path: str | None = doc(
         "load initial weights from this local Hugging Face OPT directory", None
     )
-    vocab_size: int | None = doc("vocabulary size (OPT: 50272)", None, min=8)
-    hidden_size: int | None = doc("model width", None, min=1)
-    num_layers: int | None = doc("decoder layers", None, min=1)
-    num_heads: int | None = doc("attention heads; hidden_size must be divisible by it", None, min=1)
-    ffn_hidden_size: int | None = doc("ReLU FFN width (OPT: 4 x hidden_size)", None, min=1)
-    max_position_embeddings: int | None = doc("learned positions (OPT: 2048)", None, min=1)
+    vocab_size: int | None = doc("vocabulary size (OPT: 50272)", None, min=8, max=MAX_VOCAB)
+    hidden_size: int | None = doc("model width", None, min=1, max=MAX_WIDTH)
+    num_layers: int | None = doc("decoder layers", None, min=1, max=MAX_LAYERS)
+    num_heads: int | None = doc("attention heads; hidden_size must be divisible by it", None,
+                                min=1, max=MAX_LAYERS)
+    ffn_hidden_size: int | None = doc("ReLU FFN width (OPT: 4 x hidden_size)", None, min=1,
+                                      max=4 * MAX_WIDTH)
+    max_position_embeddings: int | None = doc("learned positions (OPT: 2048)", None, min=1,
+                                              max=MAX_POSITIONS)
     word_embed_proj_dim: int | None = doc(
-        "embedding width; smaller than hidden_size only in 350M (project_in/out)", None, min=1
-    )
+        "embedding width; smaller than hidden_size only in 350M (project_in/out)", None, min=1,
+        max=MAX_WIDTH)
     pre_layer_norm: bool | None = doc("pre-LN blocks (every OPT but 350M, which is post-LN)", None)
     dropout: float = doc(
         "dropout on residual branches and embeddings (OPT-IML: 0.1)", 0.1, min=0.0, max=1.0
@@ -119,12 +134,14 @@ class DataConfig:
     synthetic: bool = doc(
         "generate the embedded synthetic instruction set instead of reading train_path", False
     )
-    synthetic_examples: int = doc("examples the synthetic generator writes", 2000, min=1)
+    synthetic_examples: int = doc("examples the synthetic generator writes", 2000, min=1,
+                                  max=10_000_000)
     tokenizer: str = doc(
         "'byte' (needs no files), a tokenizer.json, or a directory with vocab.json + merges.txt",
         "byte",
     )
-    seq_length: int = doc("tokens per packed sample (OPT-IML: 2048)", 2048, min=2)
+    seq_length: int = doc("tokens per packed sample (OPT-IML: 2048)", 2048, min=2,
+                          max=MAX_POSITIONS)
     shuffle: bool = doc("shuffle packed samples each epoch (deterministic given train.seed)", True)
     bench: str | None = doc(
         "a built bench directory (`optiml data build`); training draws from it by the mixture "
@@ -308,6 +325,9 @@ def _coerce(value, tp, key: str, where: str):
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise OptimlError(f"{where}: {key}", f"{value!r} is not a finite number",
+                                  "write a finite number")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -373,7 +393,7 @@ def parse_override(text: str, where: str = "command line") -> tuple[list[str], A
     key, raw = text.split("=", 1)
     try:
         value = read_yaml(raw) if raw != "" else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     keys = key.strip().split(".")
     try:  # checked here, so that its errors name the override rather than the recipe file
@@ -439,12 +459,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
         p = Path(path)
         if not p.is_file():
             raise OptimlError(where, "recipe file not found", "pass the path of a YAML recipe")
-        try:
-            tree = read_yaml(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            line = getattr(getattr(e, "problem_mark", None), "line", None)
-            at = f" at line {line + 1}" if line is not None else ""
-            raise OptimlError(where, f"not valid YAML{at}", "fix the YAML syntax") from None
+        tree = parse_yaml(read_text(p), where, _RecipeLoader) or {}
     for text in overrides:
         keys, value = parse_override(text)
         _merge(tree, keys, value)
@@ -468,6 +483,14 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
             f"{where}: optim.betas",
             f"{recipe.optim.betas} is not two values in [0, 1)",
             "write e.g. [0.9, 0.95]",
+        )
+    tokens = recipe.train.micro_batch_size * recipe.data.seq_length
+    if tokens > MAX_MICRO_BATCH_TOKENS:
+        raise OptimlError(
+            f"{where}: train.micro_batch_size",
+            f"{recipe.train.micro_batch_size} x data.seq_length {recipe.data.seq_length} = "
+            f"{tokens} tokens per micro-batch, above the bound of {MAX_MICRO_BATCH_TOKENS}",
+            "use a smaller micro-batch; gradient accumulation keeps the global batch",
         )
     if recipe.train.global_batch_size % recipe.train.micro_batch_size:
         raise OptimlError(
@@ -573,3 +596,29 @@ def show_recipe(path: str | Path, overrides: list[str] = ()) -> str:
         lines += [f"{code.ljust(width)}  # {comment}" for code, comment in rows]
         lines.append("")
     return "\n".join(lines)
+    _check_directory(recipe.logging.dir, f"{where}: logging.dir")
+
+
+def _check_directory(path: str | None, where: str) -> None:
+    """A directory the run will create or write into: refused now if it, or the nearest of its
+    parents that exists, is not a directory (found otherwise only when the first write fails)."""
+    if path is None:
+        return
+    p = Path(path)
+    for candidate in (p, *p.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is a file" if candidate == p else f"{candidate} is a file"
+                raise OptimlError(where, f"{path}: {what}, not a directory",
+                                  "choose a directory path")
+            return
+
+
+def check_field(cls, name: str, value, key: str, where: str):
+    """`value` checked against field `name` of the config dataclass `cls` (type, choices, range,
+    finiteness) as a recipe's value would be; errors name `key`. For readers of other formats
+    (an HF config.json) that fill these dataclasses."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    value = _coerce(value, typing.get_type_hints(cls)[name], key, where)
+    _check_field(f, value, key, where)
+    return value

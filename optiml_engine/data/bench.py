@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import OptimlError
+from ..errors import OptimlError, read_json
 from .bench_config import BenchConfig, SourceConfig, load_bench_config
 from .bench_store import FORMAT_VERSION, ShardWriter, sha256_file, task_record
 from .consolidate import (
@@ -78,7 +78,7 @@ def input_fingerprint(cfg: BenchConfig) -> str:
     return h.hexdigest()
 
 
-def _read_source(src: SourceConfig, skipped: list[Skipped]) -> list[Task]:
+def _read_source(src: SourceConfig, skipped: list[Skipped], limits) -> list[Task]:
     if src.format == "synthetic":
         from .synthetic import synthetic_tasks
 
@@ -104,7 +104,8 @@ def _read_source(src: SourceConfig, skipped: list[Skipped]) -> list[Task]:
     tasks = []
     for unit in units:
         try:
-            tasks.extend(load_tasks(unit, src.format, benchmark=src.name, seed=src.seed))
+            tasks.extend(load_tasks(unit, src.format, benchmark=src.name, seed=src.seed,
+                                    limits=limits))
         except OptimlError as err:
             if src.on_error == "fail":
                 raise
@@ -118,7 +119,7 @@ def read_all(cfg: BenchConfig) -> tuple[list[Task], list[Skipped], dict[str, int
     capped: dict[str, int] = {}
     for src in cfg.sources:
         cap = src.cap or (FLAN_TASK_CAP if src.format == "flan" else cfg.default_cap)
-        for task in _read_source(src, skipped):
+        for task in _read_source(src, skipped, cfg.templates):
             dropped = cap_instances(task, cap, cfg.seed)
             if dropped:
                 capped[task.name] = dropped
@@ -228,8 +229,11 @@ def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = Fals
     fingerprint = input_fingerprint(cfg)
     manifest_file = out / "manifest.json"
     if not force and manifest_file.is_file():
-        old = json.loads(manifest_file.read_text(encoding="utf-8"))
-        if old.get("input_fingerprint") == fingerprint:
+        try:
+            old = read_json(manifest_file)
+        except OptimlError:
+            old = None  # unreadable: rebuilt below
+        if isinstance(old, dict) and old.get("input_fingerprint") == fingerprint:
             return {**old, "up_to_date": True}
     from .tokenizer import load_tokenizer
 

@@ -23,20 +23,25 @@ held_out:
   instances: 0.1                # fraction (< 1) or count (>= 1) per training task
   max_eval_instances: 100       # per task and level
 leakage: {n: 13, threshold: 0.5, action: report}   # or drop_train
+templates:                      # limits per render of one record (PromptSource Jinja, FLAN)
+  max_seconds: 1.0              # CPU seconds; real templates take microseconds
+  max_chars: 1000000            # characters of the output and of anything built on the way;
+                                # widths and repeats beyond it are refused before they run
 ```
-Relative paths are read from the config file's directory; `${VAR}` expands environment variables.
+Relative paths are read from the config file's directory; `${VAR}` expands environment variables
+(in `tokenizer` and source paths; a variable that is not set is an error naming it).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ..errors import OptimlError
-from .sources import FORMATS
+from ..errors import OptimlError, parse_yaml, read_text
+from .sources import FORMATS, TemplateLimits
 
 SOURCE_FORMATS = (*FORMATS, "synthetic", "text")
 DEFAULT_CAP = 100_000
@@ -90,6 +95,7 @@ class BenchConfig:
     held_out: HeldOutConfig
     leakage: LeakageConfig
     raw: dict
+    templates: TemplateLimits = field(default_factory=TemplateLimits)
 
 
 def _check_keys(d: dict, allowed: set[str], where: str) -> None:
@@ -107,6 +113,9 @@ def _typed(d: dict, key: str, kind, default, where: str):
     if not isinstance(value, kind) or (numeric and isinstance(value, bool)):
         raise OptimlError(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, "
                           f"got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptimlError(f"{where}.{key}", f"{value!r} is not a finite number",
+                          "write a finite number")
     return value
 
 
@@ -129,7 +138,7 @@ def _source(d: object, i: int, base: Path) -> SourceConfig:
     if fmt != "synthetic" and not path:
         raise OptimlError(f"{where}.path", "is missing", "point it at the local collection")
     if path:
-        path = base / os.path.expandvars(os.path.expanduser(path))
+        path = base / _expand(path)
     cap = _typed(d, "cap", int, None, where)
     return SourceConfig(
         name=name, format=fmt, path=Path(path) if path else None, cap=cap,
@@ -141,28 +150,67 @@ def _source(d: object, i: int, base: Path) -> SourceConfig:
         num_tasks=_typed(d, "num_tasks", int, None, where))
 
 
+_VARIABLE = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
+
+
+def _expand(value: str) -> str:
+    return os.path.expandvars(os.path.expanduser(value))
+
+
+def _check_variables(raw: dict, where: str) -> None:
+    """Every `${VAR}` of the tokenizer and the source paths must be set: otherwise the literal
+    `${VAR}` would end up in a path and be reported as a missing file."""
+    fields = [("tokenizer", raw.get("tokenizer"))]
+    fields += [(f"sources[{i}].path", s.get("path")) for i, s in enumerate(raw["sources"])
+               if isinstance(s, dict)]
+    unset: dict[str, str] = {}
+    for key, value in fields:
+        for name in (a or b for a, b in _VARIABLE.findall(value if isinstance(value, str) else "")):
+            if name not in os.environ:
+                unset.setdefault(name, key)
+    if unset:
+        names = list(unset)
+        what = (f"environment variable {names[0]} is not set" if len(names) == 1 else
+                f"environment variables {', '.join(names)} are not set")
+        raise OptimlError(f"{where}: {unset[names[0]]}", what,
+                          "export " + " ".join(f"{n}=..." for n in names)
+                          + "; the comment at the top of the file says what each holds")
+
+
 def _tokenizer_spec(spec: str, base: Path) -> str:
-    spec = os.path.expandvars(os.path.expanduser(spec))
+    spec = _expand(spec)
     return spec if spec == "byte" or Path(spec).is_absolute() else str(base / spec)
+
+
+def _template_limits(raw: dict, where: str) -> TemplateLimits:
+    d = _typed(raw, "templates", dict, {}, where) or {}
+    w = f"{where}: templates"
+    _check_keys(d, {"max_seconds", "max_chars"}, w)
+    default = TemplateLimits()
+    limits = TemplateLimits(
+        max_seconds=float(_typed(d, "max_seconds", (int, float), default.max_seconds, w)),
+        max_chars=_typed(d, "max_chars", int, default.max_chars, w))
+    if limits.max_seconds <= 0:
+        raise OptimlError(f"{w}.max_seconds", "must be positive", "e.g. 1.0")
+    if limits.max_chars < 1:
+        raise OptimlError(f"{w}.max_chars", "must be at least 1", "e.g. 1000000")
+    return limits
 
 
 def load_bench_config(path: str | Path) -> BenchConfig:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise OptimlError(str(path), f"cannot read the bench config: {err}") from err
-    except yaml.YAMLError as err:
-        raise OptimlError(str(path), f"invalid YAML: {err}") from err
+    raw = parse_yaml(read_text(path, "pass the path of a bench YAML (see recipes/bench/)"),
+                     str(path))
     if not isinstance(raw, dict):
         raise OptimlError(str(path), "a bench config is a YAML mapping")
     top = {"name", "seed", "tokenizer", "max_example_tokens", "train_shots", "default_cap",
-           "sources", "categories", "on_unmapped", "dedup", "held_out", "leakage"}
+           "sources", "categories", "on_unmapped", "dedup", "held_out", "leakage", "templates"}
     _check_keys(raw, top, str(path))
     where = str(path)
     sources = raw.get("sources")
     if not isinstance(sources, list) or not sources:
         raise OptimlError(f"{where}: sources", "needs a non-empty list of sources")
+    _check_variables(raw, where)
     categories = _typed(raw, "categories", dict, {}, where) or {}
     dedup = _typed(raw, "dedup", dict, {}, where) or {}
     _check_keys(dedup, {"aliases", "prefer"}, f"{where}: dedup")
@@ -199,7 +247,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
             threshold=float(_typed(leak, "threshold", (int, float), 0.5, f"{where}: leakage")),
             action=_choice(_typed(leak, "action", str, "report", f"{where}: leakage"),
                            ("report", "drop_train"), f"{where}: leakage.action")),
-        raw=raw)
+        raw=raw, templates=_template_limits(raw, where))
     if cfg.max_example_tokens < 2:
         raise OptimlError(f"{where}: max_example_tokens", "must be at least 2")
     return cfg

@@ -14,24 +14,28 @@ Training reads only the memory-mapped shards and the index, never the raw files.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import OptimlError
+from ..errors import OptimlError, parse_json, read_json
 from .task import Example, Instance, Task
 
 FORMAT_VERSION = 1
+REBUILD = "rebuild the bench with `optiml data build BENCH.yaml --out DIR --force`"
 SHARD_TOKENS = 1 << 28  # tokens per shard file
 
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as err:
+        raise OptimlError(str(path), f"cannot read the file ({err.strerror or err})",
+                          "make it readable or remove it") from None
     return h.hexdigest()
 
 
@@ -107,17 +111,59 @@ class BuiltBench:
         if not manifest.is_file():
             raise OptimlError(str(self.dir), "not a built bench (no manifest.json)",
                               "run `optiml data build BENCH.yaml --out DIR` first")
-        self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
+        self.manifest = read_json(manifest, REBUILD)
+        if not isinstance(self.manifest, dict):
+            raise OptimlError(str(manifest), "not a bench manifest (not a JSON object)", REBUILD)
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise OptimlError(str(manifest), "built by another version of the bench format",
                               "rebuild the bench")
+        self._check_manifest(manifest)
         self.task_entries = self.manifest["tasks"]
-        # plain ndarray views of the maps: the np.memmap subclass costs ~10 us per indexing
-        self.index = np.load(self.dir / "train" / "index.npy", mmap_mode="r").view(np.ndarray)
+        self.index = self._open_index()
         dtype = np.dtype(self.manifest["dtype"])
-        self.shards = [np.memmap(self.dir / s["file"], dtype=dtype, mode="r").view(np.ndarray)
-                       if s["bytes"] else np.zeros(0, dtype=dtype)
-                       for s in self.manifest["shards"]]
+        self.shards = [self._open_shard(s, dtype) for s in self.manifest["shards"]]
+
+    def _check_manifest(self, where: Path) -> None:
+        m = self.manifest
+        shapes = {"tasks": list, "shards": list, "dtype": str, "index": dict}
+        for key, kind in shapes.items():
+            if not isinstance(m.get(key), kind):
+                raise OptimlError(f"{where}: {key}", f"missing or not a {kind.__name__}", REBUILD)
+        if m["dtype"] not in ("uint16", "uint32"):
+            raise OptimlError(f"{where}: dtype", f"{m['dtype']!r} is not uint16 or uint32",
+                              REBUILD)
+        for i, s in enumerate(m["shards"]):
+            if not (isinstance(s, dict) and isinstance(s.get("file"), str)
+                    and isinstance(s.get("bytes"), int)):
+                raise OptimlError(f"{where}: shards[{i}]", "not a {file, bytes} entry", REBUILD)
+
+    def _open_index(self) -> np.ndarray:
+        path = self.dir / "train" / "index.npy"
+        try:  # plain ndarray views of the maps: the np.memmap subclass costs ~10 us per indexing
+            index = np.load(path, mmap_mode="r").view(np.ndarray)
+        except (OSError, ValueError, EOFError) as err:
+            raise OptimlError(str(path), f"cannot read the example index ({err})",
+                              REBUILD) from None
+        rows = self.manifest["index"].get("rows")
+        if index.ndim != 2 or index.shape[1] != 5 or index.dtype != np.int64 or (
+                rows is not None and len(index) != rows):
+            raise OptimlError(str(path), f"holds {index.shape} {index.dtype}, the manifest says "
+                              f"({rows}, 5) int64", REBUILD)
+        return index
+
+    def _open_shard(self, entry: dict, dtype) -> np.ndarray:
+        path = self.dir / entry["file"]
+        try:
+            size = path.stat().st_size
+        except OSError as err:
+            raise OptimlError(str(path), f"cannot read the token shard ({err.strerror})",
+                              REBUILD) from None
+        if size != entry["bytes"]:
+            raise OptimlError(str(path), f"{size} bytes, the manifest says {entry['bytes']} "
+                              "(truncated or replaced)", REBUILD)
+        if not size:
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r").view(np.ndarray)
 
     def example(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         shard, offset, src_len, tgt_len, _ = self.index[row].tolist()
@@ -127,11 +173,26 @@ class BuiltBench:
     def tasks(self, splits: Iterable[str] | None = None) -> list[Task]:
         wanted = None if splits is None else set(splits)
         out = []
-        with (self.dir / "tasks.jsonl").open(encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if wanted is None or rec["split"] in wanted:
-                    out.append(task_from_record(rec))
+        path = self.dir / "tasks.jsonl"
+        try:
+            f = path.open(encoding="utf-8")
+        except OSError as err:
+            raise OptimlError(str(path), f"cannot read the task file ({err.strerror})",
+                              REBUILD) from None
+        lineno = 0
+        try:
+            with f:
+                for lineno, line in enumerate(f, 1):
+                    rec = parse_json(line.rstrip("\n"), str(path), REBUILD, line=lineno)
+                    if not isinstance(rec, dict) or not isinstance(rec.get("split"), str):
+                        raise OptimlError(f"{path}:{lineno}", "not a task record", REBUILD)
+                    if wanted is None or rec["split"] in wanted:
+                        out.append(task_from_record(rec))
+        except UnicodeDecodeError:
+            raise OptimlError(f"{path}:{lineno + 1}", "not UTF-8 text", REBUILD) from None
+        except (KeyError, TypeError, AttributeError) as err:
+            raise OptimlError(f"{path}:{lineno}", f"not a task record ({err!r})",
+                              REBUILD) from None
         return out
 
     def eval_sets(self) -> dict[str, list[tuple[Task, list[Instance]]]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optiml_engine.errors import OptimlError
+from optiml_engine.errors import OptimlError, read_text
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 2, 1, 2, 3
 
@@ -51,7 +51,14 @@ class HFTokenizer:
 def _gpt2_bpe(vocab: Path, merges: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    for file in (vocab, merges):
+        read_text(file)  # unreadable or not UTF-8: one line naming the file
+    try:
+        model = models.BPE.from_file(str(vocab), str(merges))
+    except Exception as err:  # tokenizers raises plain Exceptions
+        raise OptimlError(f"{vocab.parent}", f"vocab.json + merges.txt are not a BPE "
+                          f"vocabulary ({err})", FIX) from None
+    tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     for special in ("<s>", "<pad>", "</s>", "<unk>"):
@@ -60,18 +67,29 @@ def _gpt2_bpe(vocab: Path, merges: Path):
     return tok
 
 
+def _tokenizer_json(path: Path):
+    from tokenizers import Tokenizer
+
+    text = read_text(path)
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as err:  # tokenizers raises plain Exceptions
+        what = "truncated" if "EOF while parsing" in str(err) else "not a valid tokenizer.json"
+        raise OptimlError(str(path), f"{what} ({err})", FIX) from None
+
+
 def load_tokenizer(spec: str):
     """`byte`, a tokenizer.json, or a directory with tokenizer.json or vocab.json + merges.txt."""
     if spec == "byte":
         return ByteTokenizer()
-    from tokenizers import Tokenizer
-
     path = Path(spec)
     if path.is_dir() and (path / "tokenizer.json").is_file():
         path = path / "tokenizer.json"
     if path.is_file():
-        return HFTokenizer(Tokenizer.from_file(str(path)))
+        return HFTokenizer(_tokenizer_json(path))
     if path.is_dir() and (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         return HFTokenizer(_gpt2_bpe(path / "vocab.json", path / "merges.txt"))
-    raise OptimlError(f"data.tokenizer: {spec}", "no tokenizer found there",
-                      "use 'byte', a tokenizer.json, or a directory with vocab.json + merges.txt")
+    raise OptimlError(f"data.tokenizer: {spec}", "no tokenizer found there", FIX)
+
+
+FIX = "use 'byte', a tokenizer.json, or a directory with vocab.json + merges.txt"

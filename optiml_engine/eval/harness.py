@@ -136,10 +136,11 @@ def _task_file(out: Path, et: EvalTask, shots: int) -> Path:
     return out / "tasks" / et.level / f"{safe}__{shots}shot.json"
 
 
-def _fingerprint(checkpoint: str, bench: str, settings: EvalSettings) -> dict:
+def _fingerprint(checkpoint: str, bench: str, settings: EvalSettings,
+                 tokenizer: str | None = None) -> dict:
     fields = asdict(settings)
     fields.pop("shots")  # adding a shot count to a finished run is allowed
-    return {"checkpoint": str(checkpoint), "bench": str(bench), **fields}
+    return {"checkpoint": str(checkpoint), "bench": str(bench), "tokenizer": tokenizer, **fields}
 
 
 class OneProcess:
@@ -266,21 +267,54 @@ def run_eval(model, tokenizer, suite: list[EvalTask], settings: EvalSettings, ou
     return records
 
 
-def checkpoint_source(path: str) -> tuple[str, Path, str]:
-    """("hf", directory, tokenizer spec) for a Hugging Face OPT directory, or ("engine", step
-    directory, spec) for an engine checkpoint (a checkpoint.dir: its latest step)."""
+# Without tokenizer files, an HF directory's model is taken for a byte-level one only when its
+# vocabulary could hold nothing else (the byte tokenizer has 260 ids; GPT-2 BPE 50265).
+BYTE_VOCAB_MAX = 1024
+
+
+def checkpoint_source(path: str) -> tuple[str, Path, str | None]:
+    """("hf", directory, tokenizer spec) for a Hugging Face OPT directory (spec None when it
+    holds no tokenizer files), or ("engine", step directory, spec) for an engine checkpoint (a
+    checkpoint.dir: its latest step)."""
     from optiml_engine.distributed import checkpoint as ckpt
 
     p = Path(path)
     if (p / "config.json").is_file():
-        has_bpe = (p / "tokenizer.json").is_file() or (p / "vocab.json").is_file()
-        return "hf", p, str(p) if has_bpe else "byte"
+        has_bpe = (p / "tokenizer.json").is_file() or (
+            (p / "vocab.json").is_file() and (p / "merges.txt").is_file())
+        return "hf", p, str(p) if has_bpe else None
     if p.exists():
         step = p if ckpt.is_complete(p) else (ckpt.latest_checkpoint(p) or p)
         recipe = ckpt.read_meta(step).get("recipe") or {}
         return "engine", step, recipe.get("data", {}).get("tokenizer", "byte")
     raise OptimlError(f"--checkpoint {path}", "not found",
                       "pass an engine checkpoint directory or a Hugging Face OPT directory")
+
+
+def choose_tokenizer(tokenizer: str | None, checkpoint: str) -> tuple[str, str | None]:
+    """(tokenizer spec, a note to print or None): `--tokenizer`, else the checkpoint's own. An
+    HF directory without tokenizer files is refused unless its vocabulary fits only the byte
+    tokenizer (then it is used, and said so)."""
+    if tokenizer:
+        return tokenizer, None
+    kind, where, spec = checkpoint_source(checkpoint)
+    if spec is not None:
+        return spec, None
+    from optiml_engine.model.hf_io import read_hf_config
+
+    vocab = read_hf_config(where).vocab_size
+    present = [n for n in ("vocab.json", "merges.txt") if (where / n).is_file()]
+    missing = ("tokenizer.json, or vocab.json + merges.txt" if not present else
+               f"tokenizer.json, or {'merges.txt' if 'vocab.json' in present else 'vocab.json'}"
+               f" beside {present[0]}")
+    if vocab > BYTE_VOCAB_MAX:
+        raise OptimlError(f"--checkpoint {checkpoint}",
+                          f"no tokenizer files in this Hugging Face directory ({missing}); "
+                          f"its {vocab}-token vocabulary needs its own tokenizer",
+                          "pass --tokenizer with the model's tokenizer.json or vocab.json + "
+                          "merges.txt directory, or copy them into the directory")
+    return "byte", (f"{where} has no tokenizer files ({missing}); its {vocab}-token vocabulary "
+                    "fits the byte tokenizer, which is used (--tokenizer chooses another)")
 
 
 def load_model(path: str, device: str = "cpu"):
@@ -311,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", default="0", help="comma-separated numbers of demonstrations "
                    "(default: %(default)s)")
     p.add_argument("--out", required=True, help="output directory (results, report, charts)")
-    p.add_argument("--tokenizer", help="tokenizer spec (default: the checkpoint's)")
+    p.add_argument("--tokenizer", help="'byte', a tokenizer.json, or a directory with "
+                   "vocab.json + merges.txt (default: the checkpoint's own; needed for an HF "
+                   "directory without tokenizer files)")
     p.add_argument("--max-instances", type=int, default=100,
                    help="instances per task (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=256,
@@ -369,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in (args.checkpoint, args.baseline):  # fail fast, before any process group
         if path and path != "init":
             checkpoint_source(path)
+    args.tokenizer, args.tokenizer_note = choose_tokenizer(args.tokenizer, args.checkpoint)
     ranks = (distributed.DistributedEval(args.tp, args.pp, args.device)
              if distributed.launched() else OneProcess())
     try:
@@ -381,11 +418,17 @@ def _evaluate_all(args, settings, suite, ranks) -> int:
     from optiml_engine.data.tokenizer import load_tokenizer
     from optiml_engine.eval.report import group_table, side_by_side
 
-    model, spec = ranks.load_model(args.checkpoint, args.device)
-    tokenizer = load_tokenizer(args.tokenizer or spec)
-    if Path(args.tokenizer or spec).is_dir():
+    model, _ = ranks.load_model(args.checkpoint, args.device)
+    tokenizer = load_tokenizer(args.tokenizer)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise OptimlError(f"tokenizer {args.tokenizer}",
+                          f"{tokenizer.vocab_size} tokens, more than the model's "
+                          f"{model.config.vocab_size}", "pass the model's own --tokenizer")
+    if ranks.is_main and getattr(args, "tokenizer_note", None):
+        print(f"optiml: note: {args.tokenizer_note}", file=sys.stderr)
+    if Path(args.tokenizer).is_dir():
         try:  # the official xlingual ROUGE-L tokens are GPT-2 BPE, as OPT's tokenizer is
-            metrics.set_xlingual_tokenizer(args.tokenizer or spec)
+            metrics.set_xlingual_tokenizer(args.tokenizer)
         except OptimlError:
             pass
     summary = _evaluate_and_report(model, tokenizer, suite, settings, args.checkpoint, args,
@@ -415,7 +458,7 @@ def _evaluate_and_report(model, tokenizer, suite, settings, checkpoint, args, ou
     from optiml_engine.eval.report import load_history, write_report
 
     start = time.time()
-    fingerprint = _fingerprint(checkpoint, args.bench, settings)
+    fingerprint = _fingerprint(checkpoint, args.bench, settings, args.tokenizer)
     records = run_eval(model, tokenizer, suite, settings, out, fingerprint, ranks=ranks)
     if records is None:  # another rank reports
         return None

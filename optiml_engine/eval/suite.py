@@ -19,12 +19,11 @@ only).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optiml_engine.errors import OptimlError
+from optiml_engine.errors import OptimlError, read_json
 
 LEVELS = ("heldout_category", "heldout_task", "heldout_instance")
 
@@ -52,21 +51,42 @@ def _by_ids(instances: list, ids: list[str] | None, where: str) -> list:
     return [index[i] for i in ids]
 
 
+_MANIFEST_FIX = 'write {"tasks": [{"path": ..., "format": ..., "level": ...}]}'
+
+
+def _check_entry(entry: dict, where: str) -> None:
+    """Types and values of one eval-manifest entry, each error naming the field."""
+    for key in ("path", "level"):
+        if key not in entry:
+            raise OptimlError(where, f"missing '{key}'", f"add '{key}'")
+    for key in ("path", "level", "format"):
+        if key in entry and not isinstance(entry[key], str):
+            raise OptimlError(f"{where}.{key}", f"expected a string, got {entry[key]!r}",
+                              _MANIFEST_FIX)
+    if entry["level"] not in LEVELS:
+        raise OptimlError(f"{where}.level", f"{entry['level']!r} is not a level",
+                          f"use one of {', '.join(LEVELS)}")
+    for key in ("eval_ids", "demo_ids"):
+        ids = entry.get(key)
+        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str)
+                                                                  for i in ids)):
+            raise OptimlError(f"{where}.{key}", "expected a list of instance id strings",
+                              _MANIFEST_FIX)
+
+
 def _read_eval_manifest(path: Path) -> list[EvalTask]:
     from optiml_engine.data.sources import load_tasks
 
-    try:
-        data = json.loads(path.read_text())
-        entries = data["tasks"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise OptimlError(str(path), f"not an eval manifest ({e})",
-                          'write {"tasks": [{"path": ..., "format": ..., "level": ...}]}') from None
+    data = read_json(path, _MANIFEST_FIX)
+    entries = data.get("tasks") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise OptimlError(f"{path}: tasks", "missing or not a list", _MANIFEST_FIX)
     suite = []
     for n, entry in enumerate(entries):
         where = f"{path}: tasks[{n}]"
-        for key in ("path", "level"):
-            if key not in entry:
-                raise OptimlError(where, f"missing '{key}'", f"add '{key}'")
+        if not isinstance(entry, dict):
+            raise OptimlError(where, "not a JSON object", _MANIFEST_FIX)
+        _check_entry(entry, where)
         for task in load_tasks(path.parent / entry["path"], entry.get("format", "superni")):
             evals = _by_ids(task.instances, entry.get("eval_ids"), where)
             demos = entry.get("demo_ids")
@@ -105,10 +125,7 @@ def load_suite(spec: str) -> list[EvalTask]:
     if not path.is_file():
         raise OptimlError(f"--bench {spec}", "no manifest there",
                           "pass a bench manifest.json (or its directory), or 'synthetic'")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise OptimlError(str(path), f"not valid JSON ({e})", "rebuild the bench") from None
+    data = read_json(path, "rebuild the bench, or fix the eval manifest")
     if _is_eval_manifest(data):
         return _read_eval_manifest(path)
     return built_bench_suite(path.parent)
@@ -132,8 +149,9 @@ def built_bench_suite(directory: Path) -> list[EvalTask]:
 
 
 def _is_eval_manifest(data) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("tasks"), list) and all(
-        isinstance(e, dict) and "path" in e and "level" in e for e in data["tasks"])
+    """A built bench's manifest says its format version; anything else is read (and checked)
+    as an eval manifest."""
+    return not (isinstance(data, dict) and "format_version" in data)
 
 
 def task_kind(et: EvalTask) -> str:

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import torch
 
-from optiml_engine.config import ModelConfig
-from optiml_engine.errors import OptimlError
+from optiml_engine.config import ModelConfig, check_field, resolve_model_config
+from optiml_engine.errors import OptimlError, read_json
+
+NOT_HF = "point at a Hugging Face OPT directory"
+CORRUPT = "re-download or re-export the checkpoint"
 
 # HF config key -> ModelConfig field
 _CONFIG_KEYS = {
@@ -31,6 +34,11 @@ _CONFIG_KEYS = {
 
 
 def config_from_hf(hf: dict, where: str) -> ModelConfig:
+    """The ModelConfig of an HF `config.json`'s contents; every value is checked (type, range,
+    the engine's size bounds) as a recipe's would be, and errors name the HF key."""
+    if not isinstance(hf, dict):
+        raise OptimlError(where, f"expected a JSON object of OPT settings, got "
+                          f"{type(hf).__name__}", NOT_HF)
     if hf.get("model_type", "opt") != "opt":
         raise OptimlError(where, f"model_type is {hf.get('model_type')!r}, not 'opt'",
                           "point at an OPT checkpoint")
@@ -43,8 +51,21 @@ def config_from_hf(hf: dict, where: str) -> ModelConfig:
     for key, (want, got) in unsupported.items():
         if want != got:
             raise OptimlError(f"{where}: {key}", f"{got!r} is not supported", f"expected {want!r}")
-    fields = {ours: hf[theirs] for theirs, ours in _CONFIG_KEYS.items() if theirs in hf}
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
+        if key not in hf:
+            raise OptimlError(f"{where}: {key}", "missing", NOT_HF)
+    fields = {ours: check_field(ModelConfig, ours, hf[theirs], theirs, where)
+              for theirs, ours in _CONFIG_KEYS.items() if theirs in hf}
     return ModelConfig(**fields)
+
+
+def read_hf_config(path) -> ModelConfig:
+    """The ModelConfig of the HF OPT directory `path` (its config.json), checked."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise OptimlError(str(config_file), "not found", NOT_HF)
+    cfg = config_from_hf(read_json(config_file, CORRUPT), str(config_file))
+    return resolve_model_config(cfg, str(config_file))
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
@@ -96,35 +117,94 @@ def engine_to_hf_state(sd: dict, num_heads: int) -> dict:
     return out
 
 
-def read_hf_weights(path: Path) -> dict:
-    """All tensors of a HF directory: safetensors (single or sharded) or a weights-only .bin."""
-    from safetensors.torch import load_file
-
+def safetensors_shards(path: Path) -> list[Path]:
+    """The safetensors files of an HF directory (one, or those its index names), checked to
+    exist; [] when it has none."""
     index = path / "model.safetensors.index.json"
     if (path / "model.safetensors").is_file():
-        return load_file(path / "model.safetensors")
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for f in files for k, v in load_file(path / f).items()}
+        return [path / "model.safetensors"]
+    if not index.is_file():
+        return []
+    weight_map = read_json(index, CORRUPT)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(f, str) for f in weight_map.values()):
+        raise OptimlError(f"{index}: weight_map", "missing or not a {tensor: file} mapping",
+                          CORRUPT)
+    files = [path / f for f in sorted(set(weight_map.values()))]
+    for file in files:
+        if not file.is_file():
+            raise OptimlError(str(file), "not found (named by model.safetensors.index.json)",
+                              CORRUPT)
+    return files
+
+
+def load_safetensors(file: Path) -> dict:
+    """All tensors of one safetensors file; a truncated or garbage file is one OptimlError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError) as err:
+        raise OptimlError(str(file), f"not a readable safetensors file ({err})",
+                          CORRUPT) from None
+
+
+def load_bin(file: Path, mmap: bool = False) -> dict:
+    """A `pytorch_model.bin` read with `weights_only=True`: a pickle holding anything but
+    tensors is refused, never executed; a truncated file is one OptimlError."""
+    import pickle
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln),
+                   lines[0] if lines else "weights_only")  # torch's line naming the object
+        raise OptimlError(str(file), f"refused: the pickle holds more than tensors "
+                          f"({why.rstrip('.')})",
+                          "load only trusted weights; convert them to safetensors") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        text = str(err).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+        raise OptimlError(str(file), f"not a readable PyTorch file ({first})", CORRUPT) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise OptimlError(str(file), "not a state dict of tensors", CORRUPT)
+    return state
+
+
+def read_hf_weights(path: Path) -> dict:
+    """All tensors of a HF directory: safetensors (single or sharded) or a weights-only .bin."""
+    files = safetensors_shards(path)
+    if files:
+        return {k: v for f in files for k, v in load_safetensors(f).items()}
     if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise OptimlError(str(path), "no model.safetensors or pytorch_model.bin",
-                      "point at a Hugging Face OPT directory")
+        return load_bin(path / "pytorch_model.bin")
+    raise OptimlError(str(path), "no model.safetensors or pytorch_model.bin", NOT_HF)
 
 
 def load_hf(cls, path):
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise OptimlError(str(config_file), "not found", "point at a Hugging Face OPT directory")
-    cfg = config_from_hf(json.loads(config_file.read_text()), str(config_file))
+    cfg = read_hf_config(path)
     with torch.device("meta"):
         model = cls(cfg)
-    state = hf_to_engine_state(read_hf_weights(path), model.config.num_heads)
-    missing = set(model.state_dict()) - set(state)
+    try:
+        state = hf_to_engine_state(read_hf_weights(path), model.config.num_heads)
+    except (KeyError, RuntimeError) as err:  # a q/k/v projection missing or of another size
+        raise OptimlError(str(path), f"weights do not match config.json ({err})",
+                          "the checkpoint does not match its config.json") from None
+    expected = model.state_dict()
+    missing = set(expected) - set(state)
     if missing:
         raise OptimlError(str(path), f"weights missing: {sorted(missing)[:3]}",
                           "the checkpoint does not match its config.json")
+    for name, want in expected.items():
+        if tuple(state[name].shape) != tuple(want.shape):
+            raise OptimlError(str(path), f"weight {name} has shape {tuple(state[name].shape)}, "
+                              f"config.json implies {tuple(want.shape)}",
+                              "the checkpoint does not match its config.json")
     model.load_state_dict(state, strict=False, assign=True)
     return model.float()
 

@@ -12,6 +12,7 @@ from ..task import Task
 from .dialogue import load_dialogue
 from .flan import load_flan
 from .promptsource import load_promptsource
+from .sandbox import DEFAULT_LIMITS, TemplateLimits
 from .seq2seq import load_cot, load_seq2seq
 from .superni import load_superni
 from .text import load_text
@@ -21,19 +22,20 @@ FORMATS = ("superni", "promptsource", "flan", "seq2seq", "cot", "dialogue")
 
 def load_tasks(path: str | Path, format: str, *, benchmark: str | None = None,
                split: str | None = None, records: str | Path | None = None,
-               seed: int = 0) -> list[Task]:
+               seed: int = 0, limits: TemplateLimits = DEFAULT_LIMITS) -> list[Task]:
     """Read every task at `path` in `format`.
 
     `benchmark` names the collection for the generic formats (e.g. `unifiedskg`, `crossfit`,
     `exmix`, `t5` for seq2seq); `split` keeps only Super-NI tasks of that official split;
-    `records` points PromptSource templates at their JSONL rows; `seed` picks FLAN patterns.
+    `records` points PromptSource templates at their JSONL rows; `seed` picks FLAN patterns;
+    `limits` bound the time and size of each PromptSource / FLAN template render.
     """
     if format == "superni":
         tasks = load_superni(path, split=split)
     elif format == "promptsource":
-        tasks = load_promptsource(path, records=records)
+        tasks = load_promptsource(path, records=records, limits=limits)
     elif format == "flan":
-        tasks = load_flan(path, seed=seed)
+        tasks = load_flan(path, seed=seed, limits=limits)
     elif format == "seq2seq":
         tasks = load_seq2seq(path, benchmark=benchmark or "seq2seq")
     elif format == "cot":
@@ -51,4 +53,4 @@ def load_tasks(path: str | Path, format: str, *, benchmark: str | None = None,
     return tasks
 
 
-__all__ = ["FORMATS", "load_tasks"]
+__all__ = ["FORMATS", "TemplateLimits", "load_tasks"]

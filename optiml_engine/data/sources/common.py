@@ -2,45 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from ...errors import OptimlError
+from ...errors import OptimlError, parse_json, read_text
 
 
 def read_json(path: Path) -> object:
     """Parse a JSON file. Python's parser accepts the bare `NaN` some Super-NI files hold."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise OptimlError(str(path), f"cannot read the file: {err}", "check the path") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise OptimlError(f"{path}:{err.lineno}", f"invalid JSON: {err.msg}",
-                          "fix the file or remove it from the bench config") from err
+    return parse_json(read_text(path), str(path),
+                      "fix the file or remove it from the bench config")
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def read_jsonl(path: Path, fix: str = "one JSON object per line") -> list[tuple[int, dict]]:
     """(line number, record) pairs of a JSONL file; blank lines are skipped, anything else
     that is not a JSON object is an error naming the line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise OptimlError(str(path), f"cannot read the file: {err}", "check the path") from err
     records = []
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise OptimlError(f"{path}:{lineno}", f"invalid JSON: {err.msg}",
-                              "one JSON object per line") from err
+        record = parse_json(line, str(path), fix, line=lineno)
         if not isinstance(record, dict):
-            raise OptimlError(f"{path}:{lineno}", "record is not a JSON object",
-                              "one JSON object per line")
+            raise OptimlError(f"{path}:{lineno}", "record is not a JSON object", fix)
         records.append((lineno, record))
     return records
 

@@ -13,15 +13,18 @@ rebuild gives the same text.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-import yaml
-
-from ...errors import OptimlError
+from ...errors import OptimlError, parse_json, parse_yaml, read_text
 from ..task import Instance, Task
 from .common import read_jsonl
-from .sandbox import TemplateRefused, pattern_fields, render_pattern
+from .sandbox import (
+    DEFAULT_LIMITS,
+    TemplateLimits,
+    TemplateRefused,
+    pattern_fields,
+    render_pattern,
+)
 
 FLAN_TASK_CAP = 30_000  # the paper's per-task instance cap for FLAN (bench default)
 
@@ -30,7 +33,8 @@ def options_block(options: list[str]) -> str:
     return "OPTIONS:\n" + "\n".join(f"- {o}" for o in options)
 
 
-def read_flan_templates(root: Path) -> tuple[Path, dict[str, list[tuple[str, str]]]]:
+def read_flan_templates(root: Path, limits: TemplateLimits = DEFAULT_LIMITS
+                        ) -> tuple[Path, dict[str, list[tuple[str, str]]]]:
     for name in ("templates.json", "templates.yaml", "templates.yml"):
         file = root / name
         if file.is_file():
@@ -38,11 +42,10 @@ def read_flan_templates(root: Path) -> tuple[Path, dict[str, list[tuple[str, str
     else:
         raise OptimlError(str(root), "no templates.json / templates.yaml",
                           "export FLAN's patterns as {dataset: [[input, target], ...]}")
-    try:
-        text = file.read_text(encoding="utf-8")
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        raise OptimlError(str(file), f"cannot parse: {err}") from err
+    text = read_text(file)
+    fix = "export FLAN's patterns as {dataset: [[input, target], ...]}"
+    data = (parse_json(text, str(file), fix) if file.suffix == ".json"
+            else parse_yaml(text, str(file), fix=fix))
     if not isinstance(data, dict):
         raise OptimlError(str(file), "must map dataset names to lists of pattern pairs")
     templates = {}
@@ -55,9 +58,10 @@ def read_flan_templates(root: Path) -> tuple[Path, dict[str, list[tuple[str, str
                     or not all(isinstance(p, str) for p in pair)):
                 raise OptimlError(f"{where}[{i}]", "is not an [input, target] pair of strings")
             try:
-                pattern_fields(pair[0] + pair[1])
+                pattern_fields(pair[0], limits)
+                pattern_fields(pair[1], limits)
             except TemplateRefused as err:
-                raise OptimlError(f"{where}[{i}]", str(err)) from err
+                raise OptimlError(f"{where}[{i}]", str(err), err.fix) from err
         templates[str(dataset)] = [tuple(p) for p in pairs]
     return file, templates
 
@@ -69,9 +73,10 @@ def _record_files(root: Path, dataset: str) -> list[Path]:
     return sorted((root / dataset).glob("*.jsonl")) if (root / dataset).is_dir() else []
 
 
-def load_flan(path: str | Path, seed: int = 0) -> list[Task]:
+def load_flan(path: str | Path, seed: int = 0,
+              limits: TemplateLimits = DEFAULT_LIMITS) -> list[Task]:
     root = Path(path)
-    file, templates = read_flan_templates(root)
+    file, templates = read_flan_templates(root, limits)
     tasks = []
     for dataset, pairs in templates.items():
         files = _record_files(root, dataset)
@@ -82,7 +87,7 @@ def load_flan(path: str | Path, seed: int = 0) -> list[Task]:
         for rf in files:
             for lineno, record in read_jsonl(rf):
                 instances.append(_instance(dataset, pairs, record, len(instances), seed,
-                                           f"{rf}:{lineno}"))
+                                           f"{file}: {dataset}: record {rf}:{lineno}", limits))
         classify = all(i.options for i in instances)
         if not classify:  # one metric per task: inverted patterns make the task free-form
             for inst in instances:
@@ -95,7 +100,7 @@ def load_flan(path: str | Path, seed: int = 0) -> list[Task]:
 
 
 def _instance(dataset: str, pairs: list, record: dict, index: int, seed: int,
-              where: str) -> Instance:
+              where: str, limits: TemplateLimits) -> Instance:
     digest = hashlib.sha256(f"{seed}:{dataset}:{index}".encode()).digest()
     in_pattern, out_pattern = pairs[int.from_bytes(digest[:8], "little") % len(pairs)]
     options = record.get("options")
@@ -105,11 +110,13 @@ def _instance(dataset: str, pairs: list, record: dict, index: int, seed: int,
     values = {k: v for k, v in record.items() if k != "options"}
     values["options_"] = options_block(options) if options else ""
     try:
-        text = render_pattern(in_pattern, values).strip()
-        target = render_pattern(out_pattern, values).strip()
+        text = render_pattern(in_pattern, values, limits).strip()
+        target = render_pattern(out_pattern, values, limits).strip()
     except TemplateRefused as err:
+        fix = err.fix if err.fix != TemplateRefused.fix else \
+            "add the field to the record or fix the pattern"
         raise OptimlError(where, f"{err} (pattern {in_pattern!r} -> {out_pattern!r})",
-                          "add the field to the record or fix the pattern") from err
+                          fix) from err
     if options and target not in options:
         options = None  # an inverted pattern: the target is an input field, not an option
     return Instance(id=f"flan_{dataset}-{index}", input=text, outputs=[target], options=options)

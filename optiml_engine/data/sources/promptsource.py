@@ -14,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from ...errors import OptimlError
+from ...errors import OptimlError, parse_yaml, read_text
 from ..task import Instance, Task
 from .common import expand, read_jsonl
-from .sandbox import TemplateRefused, render_jinja
+from .sandbox import DEFAULT_LIMITS, TemplateLimits, TemplateRefused, render_jinja
 
 
 class _TemplateLoader(yaml.SafeLoader):
@@ -30,10 +30,8 @@ for _tag in ("!Template", "!TemplateMetadata"):
 
 
 def read_templates(path: Path) -> dict:
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_TemplateLoader)
-    except (OSError, yaml.YAMLError) as err:
-        raise OptimlError(str(path), f"cannot parse the templates file: {err}") from err
+    data = parse_yaml(read_text(path), str(path), _TemplateLoader,
+                      "fix the templates file or remove it from the bench config")
     if not isinstance(data, dict) or not isinstance(data.get("templates"), dict):
         raise OptimlError(str(path), "no 'templates' mapping", "is this a PromptSource file?")
     return data
@@ -47,15 +45,17 @@ def _split(rendered: str) -> list[str]:
     return [part.strip() for part in rendered.split("|||")]
 
 
-def apply_template(template: dict, record: dict, where: str) -> tuple[str, str, list[str] | None]:
+def apply_template(template: dict, record: dict, where: str,
+                   limits: TemplateLimits = DEFAULT_LIMITS) -> tuple[str, str, list[str] | None]:
     """(input, target, answer choices or None) for one record; ("", "", None) when skipped."""
     try:
         choices = None
         if template.get("answer_choices"):
-            choices = _split(render_jinja(template["answer_choices"], record))
-        parts = _split(render_jinja(template["jinja"], {**record, "answer_choices": choices}))
+            choices = _split(render_jinja(template["answer_choices"], record, limits))
+        parts = _split(render_jinja(template["jinja"], {**record, "answer_choices": choices},
+                                    limits))
     except TemplateRefused as err:
-        raise OptimlError(where, str(err), "fix the template or the record") from err
+        raise OptimlError(where, str(err), err.fix) from err
     if len(parts) == 1:
         return "", "", None  # conditional template rendered nothing for this row
     if len(parts) != 2:
@@ -64,8 +64,10 @@ def apply_template(template: dict, record: dict, where: str) -> tuple[str, str, 
     return parts[0], parts[1], choices
 
 
-def load_promptsource(path: str | Path, records: str | Path | None = None) -> list[Task]:
-    """Tasks for every template under `path`; `records` overrides where the JSONL rows are."""
+def load_promptsource(path: str | Path, records: str | Path | None = None,
+                      limits: TemplateLimits = DEFAULT_LIMITS) -> list[Task]:
+    """Tasks for every template under `path`; `records` overrides where the JSONL rows are;
+    `limits` bound each render (see sandbox.py)."""
     tasks = []
     for file in expand(path, ("templates.yaml",)):
         data = read_templates(file)
@@ -81,14 +83,17 @@ def load_promptsource(path: str | Path, records: str | Path | None = None) -> li
             if not isinstance(template, dict) or not isinstance(template.get("jinja"), str):
                 raise OptimlError(f"{file}: template {key}", "has no 'jinja' string")
             name = slug(f"{dataset}_{subset or ''}_{template.get('name', key)}")
-            tasks.append(_template_task(name, full, template, rows, f"{file}: template {key}"))
+            tasks.append(_template_task(name, full, template, rows, f"{file}: template {key}",
+                                        limits))
     return tasks
 
 
-def _template_task(name: str, dataset: str, template: dict, rows: list, where: str) -> Task:
+def _template_task(name: str, dataset: str, template: dict, rows: list, where: str,
+                   limits: TemplateLimits) -> Task:
     instances, skipped = [], 0
     for index, (row_where, record) in enumerate(rows):
-        text, target, choices = apply_template(template, record, f"{where}: record {row_where}")
+        text, target, choices = apply_template(template, record, f"{where}: record {row_where}",
+                                               limits)
         if not text or not target:
             skipped += 1
             continue

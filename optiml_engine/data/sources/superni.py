@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import OptimlError
+from ...errors import OptimlError, read_text
 from ..task import METRICS, Example, Instance, Task
 from .common import expand, read_json, require_str, string_list
 
@@ -129,10 +129,7 @@ def _instance(rec: object, index: int, task: str, where: str,
 
 def read_split_file(path: Path) -> list[str]:
     """Task names listed in a Super-NI split file (`train_tasks.txt` / `test_tasks.txt`)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise OptimlError(str(path), f"cannot read the split file: {err}") from err
+    lines = read_text(path, "check the split file").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
