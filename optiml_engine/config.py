@@ -513,6 +513,7 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
         raise OptimlError(
             f"{where}: checkpoint.load", "'latest' needs checkpoint.dir", "set checkpoint.dir"
         )
+    _check_directory(recipe.logging.dir, f"{where}: logging.dir")
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,7 +597,6 @@ def show_recipe(path: str | Path, overrides: list[str] = ()) -> str:
         lines += [f"{code.ljust(width)}  # {comment}" for code, comment in rows]
         lines.append("")
     return "\n".join(lines)
-    _check_directory(recipe.logging.dir, f"{where}: logging.dir")
 
 
 def _check_directory(path: str | None, where: str) -> None:
