@@ -128,7 +128,8 @@ def test_nan_and_inf_are_refused_for_every_float_key(tmp_path, key, value):
     shown = {".nan": "nan", ".inf": "inf", "-.inf": "-inf"}[value]
     with pytest.raises(OptimlError) as err:
         load_recipe(write(tmp_path, GOOD), [f"{key}={written}"])
-    assert str(err.value) == (f"{tmp_path / 'recipe.yaml'}: {key}: {shown} is not a finite "
+    # An override's error names the override (the file is not where the value came from).
+    assert str(err.value) == (f"command line: {key}={written}: {shown} is not a finite "
                               "number (write a finite number)")
 
 
@@ -139,14 +140,15 @@ def test_nan_in_the_recipe_file_names_the_file_and_key(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data.seq_length=1000000000", "model.max_position_embeddings=1000000000"],
-     "model.max_position_embeddings: 1000000000 is above the maximum (allowed: <= 131072)"),
+    (["model.max_position_embeddings=1000000000", "data.seq_length=1000"],
+     "model.max_position_embeddings=1000000000: 1000000000 is above the maximum "
+     "(allowed: <= 131072)"),
     (["data.seq_length=1000000000"],
-     "data.seq_length: 1000000000 is above the maximum (allowed: <= 131072)"),
+     "data.seq_length=1000000000: 1000000000 is above the maximum (allowed: <= 131072)"),
     (["model.vocab_size=10000000000"],
-     "model.vocab_size: 10000000000 is above the maximum (allowed: <= 1048576)"),
+     "model.vocab_size=10000000000: 10000000000 is above the maximum (allowed: <= 1048576)"),
     (["model.hidden_size=1048576", "model.num_heads=1"],
-     "model.hidden_size: 1048576 is above the maximum (allowed: <= 65536)"),
+     "model.hidden_size=1048576: 1048576 is above the maximum (allowed: <= 65536)"),
     (["train.micro_batch_size=1000000", "train.global_batch_size=1000000"],
      "train.micro_batch_size: 1000000 x data.seq_length 128 = 128000000 tokens per "
      "micro-batch, above the bound of 16777216"),

@@ -44,7 +44,7 @@ def test_each_value_says_where_it_came_from(tmp_path):
         "seed: 9 # [file] seed for weights, data order and dropout (>= 0)",
         "lr: 0.001 # [override] peak learning rate (OPT-IML: 5e-5) (>= 0.0)",
         "eps: 1.0e-08 # [default] Adam epsilon (>= 0.0)",
-        "ffn_hidden_size: 128 # [derived] ReLU FFN width (OPT: 4 x hidden_size) (>= 1)",
+        "ffn_hidden_size: 128 # [derived] ReLU FFN width (OPT: 4 x hidden_size) (>= 1; <= 262144)",
         "dtype: fp32 # [default] compute dtype of the model (one of fp32, bf16, fp16)",
         "tokenizer: \"1e5\" # [file] 'byte' (needs no files), a tokenizer.json, or a directory "
         "with vocab.json + merges.txt",  # a string the recipe loader would read as a float

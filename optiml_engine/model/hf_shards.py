@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
-from optiml_engine.config import resolve_model_config
 from optiml_engine.distributed import checkpoint as ckpt
 from optiml_engine.distributed import state
 from optiml_engine.distributed.pipeline import stage_layer_range
 from optiml_engine.errors import OptimlError
-from optiml_engine.model.hf_io import config_from_hf, fuse_qkv
+from optiml_engine.model.hf_io import fuse_qkv, load_bin, read_hf_config, safetensors_shards
 from optiml_engine.model.parallelize import check_divisible
 
 
@@ -33,25 +30,22 @@ class _Reader:
     """Slices of HF tensors, read lazily: name -> tensor[rows] or tensor[:, cols]."""
 
     def __init__(self, path: Path):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         self.files, self.bin = {}, None
-        index = path / "model.safetensors.index.json"
-        if (path / "model.safetensors").is_file():
-            handle = safe_open(str(path / "model.safetensors"), "pt")
-            self.files = dict.fromkeys(handle.keys(), handle)
-        elif index.is_file():
-            handles = {}
-            for name, file in json.loads(index.read_text())["weight_map"].items():
-                if file not in handles:
-                    handles[file] = safe_open(str(path / file), "pt")
-                self.files[name] = handles[file]
-        elif (path / "pytorch_model.bin").is_file():
-            self.bin = torch.load(path / "pytorch_model.bin", map_location="cpu",
-                                  weights_only=True, mmap=True)
-        else:
-            raise OptimlError(str(path), "no model.safetensors or pytorch_model.bin",
-                              "point at a Hugging Face OPT directory")
+        shards = safetensors_shards(path)
+        for file in shards:
+            try:
+                handle = safe_open(str(file), "pt")
+            except (SafetensorError, OSError) as err:
+                raise OptimlError(str(file), f"not a readable safetensors file ({err})",
+                                  "re-download or re-export the checkpoint") from None
+            self.files.update(dict.fromkeys(handle.keys(), handle))
+        if not shards:
+            if not (path / "pytorch_model.bin").is_file():
+                raise OptimlError(str(path), "no model.safetensors or pytorch_model.bin",
+                                  "point at a Hugging Face OPT directory")
+            self.bin = load_bin(path / "pytorch_model.bin", mmap=True)
 
     def keys(self) -> list[str]:
         return list(self.bin if self.bin is not None else self.files)
@@ -147,11 +141,7 @@ def local_weights(reader: _Reader, cfg, tp_rank: int, tp: int, stage: int, pp: i
 
 def hf_to_engine_sharded(hf_dir, out, tp: int = 1, pp: int = 1) -> Path:
     hf_dir, out = Path(hf_dir), Path(out)
-    config_file = hf_dir / "config.json"
-    if not config_file.is_file():
-        raise OptimlError(str(config_file), "not found", "point at a Hugging Face OPT directory")
-    cfg = resolve_model_config(config_from_hf(json.loads(config_file.read_text()),
-                                              str(config_file)))
+    cfg = read_hf_config(hf_dir)
     check_divisible(cfg, tp, "optiml convert hf2engine: --tp")
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else \
         int(os.environ.get("WORLD_SIZE", "1"))

@@ -17,7 +17,6 @@ Peak memory is then one rank's shards plus the largest full tensor (random init 
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,13 +104,9 @@ class HFInit:
 
 
 def hf_meta_model(path, dropout: float) -> tuple[OPTForCausalLM, HFInit]:
-    from optiml_engine.errors import OptimlError
-    from optiml_engine.model.hf_io import config_from_hf
+    from optiml_engine.model.hf_io import read_hf_config
 
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise OptimlError(str(config_file), "not found", "point at a Hugging Face OPT directory")
-    cfg = config_from_hf(json.loads(config_file.read_text()), str(config_file))
+    cfg = read_hf_config(path)
     cfg.dropout = dropout
     with torch.device("meta"):
         model = OPTForCausalLM(cfg)
