@@ -221,11 +221,20 @@ def _install(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = False) -> dict:
+def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = False,
+                overwrite: bool = False) -> dict:
     """Build (or find up to date) the bench described by `config_path` into `out_dir`.
-    Returns the manifest, with `"up_to_date": True` when nothing had to be done."""
+    Returns the manifest, with `"up_to_date": True` when nothing had to be done. A non-empty
+    `out_dir` that is not a bench (no manifest.json) is refused unless `overwrite`."""
     cfg = load_bench_config(config_path)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OptimlError(f"optiml data build --out {out}", "is a file", "choose a directory")
+    if (not overwrite and out.is_dir() and any(out.iterdir())
+            and not (out / "manifest.json").is_file()):
+        raise OptimlError(f"optiml data build --out {out}", "is a non-empty directory that is "
+                          "not a bench", "choose an empty or new directory, or pass --overwrite "
+                          "to replace what it holds")
     fingerprint = input_fingerprint(cfg)
     manifest_file = out / "manifest.json"
     if not force and manifest_file.is_file():
@@ -279,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("config", help="bench YAML (see recipes/bench/)")
     build.add_argument("--out", required=True, help="output directory of the built bench")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace a non-empty --out that is not a bench")
     args = parser.parse_args(argv)
-    manifest = build_bench(args.config, args.out, force=args.force)
+    manifest = build_bench(args.config, args.out, force=args.force, overwrite=args.overwrite)
     print(summary(manifest, Path(args.out)))
     return 0
 

@@ -238,3 +238,20 @@ def test_leakage_drop_train_removes_the_leaking_training_instance(tmp_path):
     report = json.loads((tmp_path / "out/report.json").read_text())["leakage"]
     assert report["action"] == "drop_train" and len(report["pairs"]) >= 1
     assert planted["n_instances"] == 3  # 4 written, the leaking one dropped before training
+
+
+def test_out_holding_other_files_is_refused_unless_overwrite(tmp_path):
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "m", "seed": 0, "tokenizer": "byte", "sources": [
+        {"name": "superni", "format": "synthetic", "instances_per_task": 5, "num_tasks": 4}],
+        "held_out": {"categories": [], "tasks_per_category": 0, "instances": 0.2}}))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(OptimlError, match="not a bench .*--overwrite"):
+        build_bench(cfg, mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    build_bench(cfg, tmp_path / "b")  # a bench directory is its own output: rebuilt freely
+    assert build_bench(cfg, tmp_path / "b", force=True)["up_to_date"] is False
+    build_bench(cfg, mine, overwrite=True)
+    assert (mine / "manifest.json").is_file() and not (mine / "notes.txt").exists()
