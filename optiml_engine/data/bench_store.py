@@ -110,7 +110,9 @@ class BuiltBench:
         manifest = self.dir / "manifest.json"
         if not manifest.is_file():
             raise OptimlError(str(self.dir), "not a built bench (no manifest.json)",
-                              "run `optiml data build BENCH.yaml --out DIR` first")
+                              "run `optiml data build BENCH.yaml --out DIR` first; the demo's: "
+                              "`optiml data build recipes/bench/synthetic.yaml "
+                              "--out runs/bench-synthetic`")
         self.manifest = read_json(manifest, REBUILD)
         if not isinstance(self.manifest, dict):
             raise OptimlError(str(manifest), "not a bench manifest (not a JSON object)", REBUILD)
