@@ -246,7 +246,8 @@ class EvalConfig:
 @dataclass
 class KernelsConfig:
     attention: str = doc(
-        "attention backend", "auto", choices=["auto", "triton", "sdpa", "flash_attn"]
+        "attention backend", "auto",
+        choices=["auto", "triton", "segments", "sdpa", "flash_attn"]
     )
     cross_entropy: str = doc(
         "masked cross-entropy backend", "auto", choices=["auto", "triton", "torch"]

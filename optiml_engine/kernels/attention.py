@@ -7,9 +7,13 @@ ids are per-row integers that restart nothing: each example of a packed row has 
 padding gets an id of its own so no row is ever fully masked. Each id forms one contiguous run
 in its row (see `segments.py`).
 
-Backends: `sdpa` (torch SDPA with an explicit boolean mask; the CPU path and the reference),
-`triton` (our flash-attention kernel, `triton_attention.py`), `flash_attn` (the package's varlen
-function, when installed). Cases a backend cannot run go to SDPA, and that is logged once.
+Backends: `segments` (SDPA example by example, `segment_attention.py`: the CPU path for long
+packed rows), `sdpa` (torch SDPA with an explicit boolean mask; short rows on the CPU, and the
+reference), `triton` (our flash-attention kernel, `triton_attention.py`), `flash_attn` (the
+package's varlen function, when installed). Cases a backend cannot run go to SDPA, and that is
+logged once. `auto` on the CPU takes `segments` for rows of at least SEGMENTS_MIN_SEQ tokens and
+the masked SDPA below (measured: 0.5x at 256 tokens, 1.2-1.3x at 1024, 2.6x at 2048 tokens per
+row; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from optiml_engine.kernels.segments import (
 )
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SEGMENTS_MIN_SEQ = 1024  # below it, one masked SDPA call beats gathering the examples
 TRITON_MAX_HEAD_DIM = 128
 
 
@@ -117,8 +122,16 @@ def attention(q, k, v, doc_ids=None, kv_doc_ids=None, dropout_p=0.0, scale=None,
         if q.shape[0] != 1:
             raise ValueError("cu_seqlens describes one packed row; use doc_ids for B > 1")
         doc_ids = cu_seqlens_to_doc_ids(cu_seqlens, q.shape[1])
-    chosen = dispatch.resolve("attention", dispatch.requested_backend("attention", backend),
-                              q.device)
+    requested = dispatch.requested_backend("attention", backend)
+    chosen = dispatch.resolve("attention", requested, q.device)
+    if chosen == "segments":
+        same_keys = q.shape[1] == k.shape[1] and (kv_doc_ids is None or kv_doc_ids is doc_ids)
+        long_rows = requested == "segments" or q.shape[1] >= SEGMENTS_MIN_SEQ
+        if doc_ids is not None and same_keys and long_rows:
+            from optiml_engine.kernels.segment_attention import segment_attention
+
+            return segment_attention(q, k, v, doc_ids, dropout_p, scale)
+        return sdpa_attention(q, k, v, doc_ids, kv_doc_ids, dropout_p, scale)
     if chosen == "flash_attn":
         why = _flash_attn_unsupported(q, k, kv_doc_ids, doc_ids)
         if why is None:

@@ -22,13 +22,13 @@ log = logging.getLogger("optiml_engine.kernels")
 # it ranks above our Triton kernel when installed; apex's FusedAdam is ranked below our CUDA op.
 # On a CPU, torch's fused AdamW kernel (fed our masters) is 8x our foreach path (docs/bench).
 PREFERENCE = {
-    "attention": {"cuda": ["flash_attn", "triton", "sdpa"], "cpu": ["sdpa"]},
+    "attention": {"cuda": ["flash_attn", "triton", "sdpa"], "cpu": ["segments", "sdpa"]},
     "cross_entropy": {"cuda": ["triton", "torch"], "cpu": ["torch"]},
     "adamw": {"cuda": ["cuda", "apex", "triton", "torch_fused", "foreach"],
               "cpu": ["torch_fused", "foreach"]},
 }
 ALL_BACKENDS = {
-    "attention": ["triton", "sdpa", "flash_attn"],
+    "attention": ["triton", "segments", "sdpa", "flash_attn"],
     "cross_entropy": ["triton", "torch"],
     "adamw": ["cuda", "triton", "apex", "torch_fused", "foreach"],
 }
@@ -55,7 +55,7 @@ def cuda_ops_built() -> bool:
 def backend_available(backend: str, device: torch.device) -> tuple[bool, str]:
     """(usable, why not) for one backend on one device."""
     on_cuda = device.type == "cuda"
-    if backend in ("sdpa", "torch", "foreach", "torch_fused"):
+    if backend in ("sdpa", "segments", "torch", "foreach", "torch_fused"):
         return True, ""
     if backend == "triton":
         if not _importable("triton"):

@@ -35,7 +35,7 @@ def test_auto_on_cpu_picks_the_torch_backends(caplog, monkeypatch):
     with caplog.at_level(logging.INFO, logger="optiml_engine.kernels"):
         chosen = dispatch.resolve_all(KernelsConfig(), "cpu")
         dispatch.resolve_all(KernelsConfig(), "cpu")
-    assert chosen == {"attention": "sdpa", "cross_entropy": "torch", "adamw": "torch_fused"}
+    assert chosen == {"attention": "segments", "cross_entropy": "torch", "adamw": "torch_fused"}
     assert len(caplog.records) == 3  # each choice logged once, not once per call
 
 
