@@ -66,7 +66,7 @@ class DistributedEval:
 
     # -- this rank's part of a model -------------------------------------------------------------
 
-    def load_model(self, path: str, device: str | None = None):
+    def load_model(self, path: str, device: str | None = None, verify: bool = True):
         """(PipelineEvalModel of this rank's part, tokenizer spec) from an HF directory or an
         engine checkpoint."""
         from optiml_engine.config import ModelConfig
@@ -79,7 +79,7 @@ class DistributedEval:
             return self._local(model, source, path), spec
         config = ModelConfig(**ckpt.read_meta(where)["model_config"])
         stage = self._local(meta_model(config, seed=0), EmptyInit(), path)
-        ckpt.load_weights(stage.model, where)
+        ckpt.load_weights(stage.model, where, verify)
         return stage, spec
 
     def init_model(self, config, seed: int, device: str | None = None):

@@ -152,8 +152,8 @@ class OneProcess:
     is_main = True  # writes the report and prints
 
     @staticmethod
-    def load_model(path: str, device: str):
-        return load_model(path, device)
+    def load_model(path: str, device: str, verify: bool = True):
+        return load_model(path, device, verify)
 
     @staticmethod
     def init_model(config, seed: int, device: str):
@@ -317,13 +317,14 @@ def choose_tokenizer(tokenizer: str | None, checkpoint: str) -> tuple[str, str |
                     "fits the byte tokenizer, which is used (--tokenizer chooses another)")
 
 
-def load_model(path: str, device: str = "cpu"):
-    """(model, tokenizer spec) from a Hugging Face OPT directory or an engine checkpoint."""
+def load_model(path: str, device: str = "cpu", verify: bool = True):
+    """(model, tokenizer spec) from a Hugging Face OPT directory or an engine checkpoint (its
+    files checked against their checksums unless verify is off)."""
     from optiml_engine.model import OPTForCausalLM
     from optiml_engine.model.convert import load_engine_model
 
     kind, where, spec = checkpoint_source(path)
-    model = OPTForCausalLM.from_hf(where) if kind == "hf" else load_engine_model(where)
+    model = OPTForCausalLM.from_hf(where) if kind == "hf" else load_engine_model(where, verify)
     return model.to(device).eval(), spec
 
 
@@ -348,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="'byte', a tokenizer.json, or a directory with "
                    "vocab.json + merges.txt (default: the checkpoint's own; needed for an HF "
                    "directory without tokenizer files)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="load engine checkpoints without checking their files' checksums "
+                   "(faster on large checkpoints; trusts the disk)")
     p.add_argument("--max-instances", type=int, default=100,
                    help="instances per task (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=256,
@@ -418,7 +422,7 @@ def _evaluate_all(args, settings, suite, ranks) -> int:
     from optiml_engine.data.tokenizer import load_tokenizer
     from optiml_engine.eval.report import group_table, side_by_side
 
-    model, _ = ranks.load_model(args.checkpoint, args.device)
+    model, _ = ranks.load_model(args.checkpoint, args.device, not args.no_verify)
     tokenizer = load_tokenizer(args.tokenizer)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise OptimlError(f"tokenizer {args.tokenizer}",
@@ -440,7 +444,7 @@ def _evaluate_all(args, settings, suite, ranks) -> int:
         if args.baseline == "init":
             base = ranks.init_model(model.config, args.seed, args.device)
         else:
-            base, _ = ranks.load_model(args.baseline, args.device)
+            base, _ = ranks.load_model(args.baseline, args.device, not args.no_verify)
         base_summary = _evaluate_and_report(base, tokenizer, suite, settings, args.baseline, args,
                                             Path(args.out) / "baseline", ranks)
         if reports:

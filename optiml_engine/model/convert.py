@@ -42,20 +42,21 @@ def hf_to_engine(hf_dir, out, tp: int = 1, pp: int = 1, overwrite: bool = False)
     return hf_to_engine_sharded(hf_dir, out, tp, pp)
 
 
-def resolve_checkpoint(path) -> Path:
+def resolve_checkpoint(path, verify: bool = True) -> Path:
     """A step_* directory, or a checkpoint.dir: its newest good checkpoint."""
     path = Path(path)
     if not ckpt.is_complete(path):
-        path = ckpt.latest_checkpoint(path, verify=True) or path
+        path = ckpt.latest_checkpoint(path, verify=verify) or path
     return path
 
 
-def load_engine_model(path) -> OPTForCausalLM:
-    """A model from an engine checkpoint (a step_* directory, or a checkpoint.dir: its latest)."""
-    path = resolve_checkpoint(path)
+def load_engine_model(path, verify: bool = True) -> OPTForCausalLM:
+    """A model from an engine checkpoint (a step_* directory, or a checkpoint.dir: its latest);
+    verify: check its files against their checksums first."""
+    path = resolve_checkpoint(path, verify)
     meta = ckpt.read_meta(path)
     model = OPTForCausalLM(ModelConfig(**meta["model_config"]))
-    ckpt.load_weights(model, path)
+    ckpt.load_weights(model, path, verify)
     return model
 
 
