@@ -67,3 +67,14 @@ def bench_dir(tmp_path_factory):
     (tmp / "b.yaml").write_text(yaml.safe_dump(cfg))
     build_bench(tmp / "b.yaml", tmp / "out")
     return tmp
+
+
+@pytest.fixture(autouse=True)
+def _grid_does_not_outlive_its_test():
+    """A Trainer that a test never fits or closes keeps its grid: forget it after the test, so
+    the next test starts from no grid as a fresh process would."""
+    yield
+    from optiml_engine.distributed import state
+
+    if state.is_initialized():
+        state.destroy(keep_process_group=True)

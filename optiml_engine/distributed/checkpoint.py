@@ -26,7 +26,6 @@ single-process one; their tensor names are the same (model.*, optim.state.<name>
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -38,12 +37,12 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
-from optiml_engine.distributed import state
+from optiml_engine.distributed import integrity, state
 from optiml_engine.distributed.random import get_rng_tracker
 from optiml_engine.errors import Diverged, OptimlError
 
 FORMAT = "optiml-ckpt-2"
-META = "meta.json"
+META = integrity.META  # written last: its checksums cover every other file
 RECIPE = "recipe.yaml"
 _MESH: dict = {}
 
@@ -148,35 +147,7 @@ def resolve_load_path(load: str, directory: str | None, verify: bool = True,
     return path
 
 
-# -- integrity -------------------------------------------------------------------------------------
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _files(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*")
-                  if p.is_file() and p.name != META)
-
-
-def _gather(obj) -> list:
-    if state.world_group() is None:
-        return [obj]
-    out = [None] * state.world_size()
-    dist.all_gather_object(out, obj, group=state.world_group())
-    return out
-
-
-def checksums(path: Path) -> dict[str, str]:
-    """SHA-256 of every file under `path` but meta.json; the ranks share the hashing."""
-    names, rank, world = _files(path), state.global_rank(), state.world_size()
-    mine = {n: _sha256(path / n) for n in names[rank::world]}
-    return {k: v for part in _gather(mine) for k, v in part.items()}
-
+# -- integrity (distributed/integrity.py) ---------------------------------------------------------
 
 def corruption(path: str | Path) -> str | None:
     """None if every file of the checkpoint matches meta.json's checksums, else what is wrong
@@ -186,36 +157,12 @@ def corruption(path: str | Path) -> str | None:
         meta = read_meta(path)
     except OptimlError as e:
         return str(e)
-    want = meta.get("checksums")
-    if want is None:
+    if meta.get("checksums") is None:
         return None
-    names, rank, world = sorted(want), state.global_rank(), state.world_size()
-    bad = []
-    for name in names[rank::world]:
-        try:
-            if _sha256(path / name) != want[name]:
-                bad.append(f"{name} does not match its checksum")
-        except OSError as e:
-            bad.append(f"{name}: {_first_line(e)}")
-    bad = sorted(b for part in _gather(bad) for b in part)
-    return f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") \
-        if bad else None
-
-
-def _non_finite(tensors: dict, prefix: str = "") -> str | None:
-    """The first floating tensor holding inf/NaN on any rank (its name), else None."""
-    found = None
-    for key, value in tensors.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            found = found or _non_finite(value, f"{name}.")
-        elif isinstance(value, torch.Tensor) and value.is_floating_point() and found is None:
-            if not bool(torch.isfinite(as_local(value)).all()):
-                found = name
-    if prefix:
-        return found
-    names = [n for n in _gather(found) if n is not None]
-    return min(names) if names else None
+    bad = integrity.mismatches(path, meta["checksums"])
+    if not bad:
+        return None
+    return f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
 
 
 # -- RNG streams ---------------------------------------------------------------------------------
@@ -297,7 +244,7 @@ def save(path: str | Path, tensors: dict, meta: dict, *, kind: str = "train",
     With keep_last, rotate the checkpoints of this run (`meta["run"]`) in path's directory:
     never the one just written, never another run's."""
     path = Path(path)
-    bad = _non_finite(tensors)
+    bad = integrity.non_finite(tensors, as_local)
     if bad is not None:
         raise Diverged(f"checkpoint {path}", f"{bad} holds inf/NaN: not saved",
                        "the run diverged; lower optim.lr or resume an earlier checkpoint")
@@ -315,7 +262,7 @@ def save(path: str | Path, tensors: dict, meta: dict, *, kind: str = "train",
     if rank == 0 and recipe_yaml is not None:
         (tmp / RECIPE).write_text(recipe_yaml)
     _barrier()
-    sums = checksums(tmp)
+    sums = integrity.checksums(tmp)
     if rank == 0:
         full = {"format": FORMAT, "kind": kind, "layout": layout(), **meta, "checksums": sums}
         (tmp / META).write_text(json.dumps(full, indent=2))
