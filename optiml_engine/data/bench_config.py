@@ -17,6 +17,9 @@ categories:                     # non-Super-NI tasks: task name, then dataset, t
   glue/mrpc: Text Matching
 on_unmapped: fail               # or skip (listed in the report)
 dedup: {aliases: {glue/mrpc: mrpc}, prefer: [superni, promptsource, flan]}
+                                # policy: one_copy (the first in `prefer`) or paper (§2.1: all
+                                # copies kept, but those of `drop_from`, default crossfit, exmix,
+                                # t5, when the dataset is also in another benchmark)
 held_out:
   categories: [Textual Entailment]
   tasks: [task1288_glue_mrpc_paraphrasing]   # and/or tasks_per_category: 1 (drawn by seed)
@@ -45,6 +48,8 @@ from .sources import FORMATS, TemplateLimits
 
 SOURCE_FORMATS = (*FORMATS, "synthetic", "text")
 DEFAULT_CAP = 100_000
+DEDUP_POLICIES = ("one_copy", "paper")
+PAPER_DROP_FROM = ("crossfit", "exmix", "t5")  # §2.1: their copies of datasets seen elsewhere
 
 
 @dataclass
@@ -96,6 +101,8 @@ class BenchConfig:
     leakage: LeakageConfig
     raw: dict
     templates: TemplateLimits = field(default_factory=TemplateLimits)
+    dedup_policy: str = "one_copy"  # or "paper" (§2.1), see consolidate.dedup_datasets
+    dedup_drop_from: list[str] = field(default_factory=lambda: list(PAPER_DROP_FROM))
 
 
 def _check_keys(d: dict, allowed: set[str], where: str) -> None:
@@ -213,7 +220,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     _check_variables(raw, where)
     categories = _typed(raw, "categories", dict, {}, where) or {}
     dedup = _typed(raw, "dedup", dict, {}, where) or {}
-    _check_keys(dedup, {"aliases", "prefer"}, f"{where}: dedup")
+    _check_keys(dedup, {"aliases", "prefer", "policy", "drop_from"}, f"{where}: dedup")
     held = _typed(raw, "held_out", dict, {}, where) or {}
     _check_keys(held, set(HeldOutConfig.__dataclass_fields__), f"{where}: held_out")
     leak = _typed(raw, "leakage", dict, {}, where) or {}
@@ -247,7 +254,11 @@ def load_bench_config(path: str | Path) -> BenchConfig:
             threshold=float(_typed(leak, "threshold", (int, float), 0.5, f"{where}: leakage")),
             action=_choice(_typed(leak, "action", str, "report", f"{where}: leakage"),
                            ("report", "drop_train"), f"{where}: leakage.action")),
-        raw=raw, templates=_template_limits(raw, where))
+        raw=raw, templates=_template_limits(raw, where),
+        dedup_policy=_choice(_typed(dedup, "policy", str, "one_copy", f"{where}: dedup"),
+                             DEDUP_POLICIES, f"{where}: dedup.policy"),
+        dedup_drop_from=[str(b) for b in _typed(dedup, "drop_from", list,
+                                                 list(PAPER_DROP_FROM), f"{where}: dedup")])
     if cfg.max_example_tokens < 2:
         raise OptimlError(f"{where}: max_example_tokens", "must be at least 2")
     return cfg

@@ -60,8 +60,16 @@ def dataset_key(task: Task, aliases: dict[str, str]) -> str:
 
 
 def dedup_datasets(tasks: list[Task], cfg: BenchConfig) -> tuple[list[Task], list[Skipped]]:
-    """The same dataset arriving from several benchmarks is kept from one benchmark only: the
-    first in `dedup.prefer`, else the first source in the config."""
+    """The same dataset arriving from several benchmarks (`dedup.policy`):
+
+    - `one_copy`: kept from one benchmark only, the first in `dedup.prefer`, else the first
+      source in the config;
+    - `paper` (OPT-IML §2.1): kept in every benchmark (Super-NI, PromptSource and FLAN copies
+      alike), except that a task of a `dedup.drop_from` benchmark (CrossFit, ExMix, T5) is
+      dropped when its dataset appears in any other benchmark ("we only kept tasks from the
+      CrossFit, ExMix and T5 collections that do not appear in any other benchmarks")."""
+    if cfg.dedup_policy == "paper":
+        return _dedup_paper(tasks, cfg)
     order = cfg.prefer + [s.name for s in cfg.sources if s.name not in cfg.prefer]
     rank = {name: i for i, name in enumerate(order)}
     owner: dict[str, str] = {}
@@ -79,6 +87,25 @@ def dedup_datasets(tasks: list[Task], cfg: BenchConfig) -> tuple[list[Task], lis
                 TRAIN_ONLY_BENCHMARKS:
             skipped.append(Skipped(task.name, f"duplicate: dataset {task.dataset} is kept from "
                                               f"benchmark {owner[key]}"))
+        else:
+            kept.append(task)
+    return kept, skipped
+
+
+def _dedup_paper(tasks: list[Task], cfg: BenchConfig) -> tuple[list[Task], list[Skipped]]:
+    benchmarks: dict[str, set[str]] = defaultdict(set)
+    for task in tasks:
+        key = dataset_key(task, cfg.aliases)
+        if key and task.benchmark not in TRAIN_ONLY_BENCHMARKS:
+            benchmarks[key].add(task.benchmark)
+    kept, skipped = [], []
+    for task in tasks:
+        key = dataset_key(task, cfg.aliases)
+        others = sorted(benchmarks.get(key, set()) - {task.benchmark})
+        if task.benchmark in cfg.dedup_drop_from and others:
+            skipped.append(Skipped(task.name, f"duplicate: dataset {task.dataset} of "
+                                              f"{task.benchmark} also in {', '.join(others)} "
+                                              "(paper §2.1)"))
         else:
             kept.append(task)
     return kept, skipped

@@ -1,0 +1,108 @@
+"""OPT-IML's bench rules (§2.1, §2.3, Table 15) on hand-made collections in the real formats:
+cross-benchmark dedup, the held-out levels, Super-NI's excluded tasks, task-pair leakage."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from optiml_engine.data.bench import build_bench
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "
+         "zulu").split()
+
+
+def sentence(i: int, words: int = 16, salt: str = "") -> str:
+    """A distinct sentence per (i, salt): no 13-gram is shared between two of them."""
+    return " ".join(f"{WORDS[(i * 7 + k) % len(WORDS)]}{salt}{i}x{k}" for k in range(words))
+
+
+def superni_task(root: Path, name: str, category: str, source: str, inputs: list[str],
+                 outputs: list[str] | None = None) -> None:
+    outputs = outputs or [f"out {k}" for k in range(len(inputs))]
+    task = {
+        "Contributors": ["optiml-engine tests"], "Source": [source], "URL": ["https://x"],
+        "Categories": [category], "Reasoning": [], "Definition": [f"Do the {name} task."],
+        "Input_language": ["English"], "Output_language": ["English"],
+        "Instruction_language": ["English"], "Domains": ["Tests"],
+        "Positive Examples": [{"input": "a", "output": "b", "explanation": "c"}],
+        "Negative Examples": [],
+        "Instances": [{"id": f"{name.split('_')[0]}-{k:04d}", "input": text, "output": [out]}
+                      for k, (text, out) in enumerate(zip(inputs, outputs, strict=True))],
+        "Instance License": ["CC0"]}
+    (root / "tasks").mkdir(parents=True, exist_ok=True)
+    (root / "tasks" / f"{name}.json").write_text(json.dumps(task, indent=4))
+
+
+def split_files(root: Path, **lists: list[str]) -> None:
+    (root / "splits/default").mkdir(parents=True, exist_ok=True)
+    for split, names in lists.items():
+        (root / f"splits/default/{split}_tasks.txt").write_text("".join(n + "\n" for n in names))
+
+
+def promptsource_dataset(root: Path, dataset: str, subset: str | None, rows: list[dict]) -> None:
+    where = root / dataset / (subset or "")
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "templates.yaml").write_text(
+        f"dataset: {dataset}\nsubset: {subset or 'null'}\ntemplates:\n"
+        "  aa000000-0000-4000-8000-000000000001: !Template\n"
+        "    answer_choices: null\n    id: aa000000-0000-4000-8000-000000000001\n"
+        "    jinja: '{{text}} ||| {{answer}}'\n"
+        "    metadata: !TemplateMetadata\n      choices_in_prompt: false\n"
+        "      languages:\n      - en\n      metrics:\n      - ROUGE\n      original_task: true\n"
+        "    name: copy\n    reference: ''\n")
+    (where / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def seq2seq_file(path: Path, task: str, rows: list[tuple[str, str]], category: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for src, tgt in rows:
+            f.write(json.dumps({"src": src, "tgt": tgt, "task": task, "category": category})
+                    + "\n")
+
+
+def build(tmp_path: Path, sources: list[dict], **cfg) -> tuple[dict, dict, dict]:
+    """Build; returns ({task name: manifest entry}, report, manifest)."""
+    config = {"name": "paper", "seed": 1, "tokenizer": "byte", "max_example_tokens": 600,
+              "sources": sources, "held_out": {"instances": 0}, **cfg}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    manifest = build_bench(path, tmp_path / "out", force=True)
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    return {t["name"]: t for t in manifest["tasks"]}, report, manifest
+
+
+# ---- §2.1: cross-benchmark dedup ---------------------------------------------------------------
+
+def dedup_layout(tmp_path: Path) -> list[dict]:
+    superni_task(tmp_path / "ni", "task9101_toyqa_answer", "Question Answering", "toyqa",
+                 [sentence(i) for i in range(4)])
+    promptsource_dataset(tmp_path / "ps", "toyqa", None,
+                         [{"text": sentence(i, salt="p"), "answer": f"a{i}"} for i in range(4)])
+    seq2seq_file(tmp_path / "cf/toyqa.jsonl", "toyqa", [(sentence(i, salt="c"), "x")
+                                                         for i in range(4)], "Question Answering")
+    seq2seq_file(tmp_path / "cf/onlyhere.jsonl", "onlyhere",
+                 [(sentence(i, salt="o"), "y") for i in range(4)], "Question Answering")
+    return [{"name": "superni", "format": "superni", "path": "ni"},
+            {"name": "promptsource", "format": "promptsource", "path": "ps"},
+            {"name": "crossfit", "format": "seq2seq", "path": "cf"}]
+
+
+def test_paper_dedup_keeps_superni_and_promptsource_copies_drops_the_crossfit_copy(tmp_path):
+    tasks, report, _ = build(tmp_path, dedup_layout(tmp_path), dedup={"policy": "paper"},
+                             categories={"toyqa": "Question Answering"})
+    assert sorted(tasks) == ["crossfit_onlyhere", "task9101_toyqa_answer", "toyqa_copy"]
+    dropped = {s["where"]: s["reason"] for s in report["skipped"] if "duplicate" in s["reason"]}
+    assert list(dropped) == ["crossfit_toyqa"]
+    assert "also in promptsource, superni" in dropped["crossfit_toyqa"]
+
+
+def test_one_copy_dedup_stays_reachable(tmp_path):
+    tasks, report, _ = build(tmp_path, dedup_layout(tmp_path),
+                             dedup={"policy": "one_copy", "prefer": ["superni"]},
+                             categories={"toyqa": "Question Answering"})
+    assert sorted(tasks) == ["crossfit_onlyhere", "task9101_toyqa_answer"]
+    dropped = sorted(s["where"] for s in report["skipped"] if "duplicate" in s["reason"])
+    assert dropped == ["crossfit_toyqa", "toyqa_copy"]
