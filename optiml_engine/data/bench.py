@@ -30,6 +30,7 @@ from .consolidate import (
     assign_levels,
     cap_instances,
     dedup_datasets,
+    drop_excluded,
     map_categories,
 )
 from .leakage import find_leaks
@@ -248,6 +249,8 @@ def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = Fals
 
     tokenizer = load_tokenizer(cfg.tokenizer)  # fail fast, before reading the collections
     tasks, skipped, capped = read_all(cfg)
+    tasks, excluded = drop_excluded(tasks, cfg)
+    skipped += excluded
     tasks, unmapped = map_categories(tasks, cfg)
     tasks, duplicates = dedup_datasets(tasks, cfg)
     if not tasks:

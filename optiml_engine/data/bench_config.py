@@ -26,6 +26,7 @@ held_out:
   instances: 0.1                # fraction (< 1) or count (>= 1) per training task
   max_eval_instances: 100       # per task and level
 leakage: {n: 13, threshold: 0.5, action: report}   # or drop_train
+  # superni_excluded: keep, or drop the tasks of Super-NI's excluded_tasks.txt (§2.3)
 templates:                      # limits per render of one record (PromptSource Jinja, FLAN)
   max_seconds: 1.0              # CPU seconds; real templates take microseconds
   max_chars: 1000000            # characters of the output and of anything built on the way;
@@ -81,6 +82,7 @@ class LeakageConfig:
     n: int = 13
     threshold: float = 0.5
     action: str = "report"
+    superni_excluded: str = "keep"  # or drop: Super-NI's excluded_tasks.txt (§2.3)
 
 
 @dataclass
@@ -253,7 +255,10 @@ def load_bench_config(path: str | Path) -> BenchConfig:
             n=_typed(leak, "n", int, 13, f"{where}: leakage"),
             threshold=float(_typed(leak, "threshold", (int, float), 0.5, f"{where}: leakage")),
             action=_choice(_typed(leak, "action", str, "report", f"{where}: leakage"),
-                           ("report", "drop_train"), f"{where}: leakage.action")),
+                           ("report", "drop_train"), f"{where}: leakage.action"),
+            superni_excluded=_choice(_typed(leak, "superni_excluded", str, "keep",
+                                            f"{where}: leakage"), ("keep", "drop"),
+                                     f"{where}: leakage.superni_excluded")),
         raw=raw, templates=_template_limits(raw, where),
         dedup_policy=_choice(_typed(dedup, "policy", str, "one_copy", f"{where}: dedup"),
                              DEDUP_POLICIES, f"{where}: dedup.policy"),

@@ -111,6 +111,25 @@ def _dedup_paper(tasks: list[Task], cfg: BenchConfig) -> tuple[list[Task], list[
     return kept, skipped
 
 
+SUPERNI_EXCLUDED = "excluded"  # meta["split"] of a task listed in excluded_tasks.txt
+
+
+def drop_excluded(tasks: list[Task], cfg: BenchConfig) -> tuple[list[Task], list[Skipped]]:
+    """Data-source separation (§2.3, following Super-NI): with `leakage.superni_excluded: drop`,
+    a Super-NI task listed in `splits/default/excluded_tasks.txt` (built from the same data
+    source as a test task) is neither trained nor evaluated. `keep` treats it as any task."""
+    if cfg.leakage.superni_excluded != "drop":
+        return tasks, []
+    kept, skipped = [], []
+    for task in tasks:
+        if task.meta.get("split") == SUPERNI_EXCLUDED:
+            skipped.append(Skipped(task.name, "excluded: listed in Super-NI's excluded_tasks.txt "
+                                              "(same data source as a test task, §2.3)"))
+        else:
+            kept.append(task)
+    return kept, skipped
+
+
 def cap_instances(task: Task, cap: int, seed: int) -> int:
     """Drop repeated inputs, then keep a seeded subset of at most `cap` instances (in their
     original order). Returns how many were dropped."""

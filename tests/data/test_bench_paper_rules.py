@@ -106,3 +106,29 @@ def test_one_copy_dedup_stays_reachable(tmp_path):
     assert sorted(tasks) == ["crossfit_onlyhere", "task9101_toyqa_answer"]
     dropped = sorted(s["where"] for s in report["skipped"] if "duplicate" in s["reason"])
     assert dropped == ["crossfit_toyqa", "toyqa_copy"]
+
+
+# ---- §2.3: data-source separation: Super-NI's excluded_tasks.txt ------------------------------
+
+def excluded_layout(tmp_path: Path) -> list[dict]:
+    ni = tmp_path / "ni"
+    superni_task(ni, "task9201_toywino_fill", "Coreference Resolution", "toywino",
+                 [sentence(i, salt="w") for i in range(4)])
+    superni_task(ni, "task9202_toywino_question", "Question Answering", "toywino",
+                 [sentence(i, salt="q") for i in range(4)])
+    superni_task(ni, "task9203_toyother_answer", "Question Answering", "toyother",
+                 [sentence(i, salt="o") for i in range(4)])
+    split_files(ni, train=["task9203_toyother_answer"], test=["task9201_toywino_fill"],
+                excluded=["task9202_toywino_question"])
+    return [{"name": "superni", "format": "superni", "path": "ni"}]
+
+
+def test_superni_excluded_task_is_not_trained(tmp_path):
+    tasks, report, manifest = build(tmp_path, excluded_layout(tmp_path),
+                                    leakage={"superni_excluded": "drop"})
+    assert sorted(tasks) == ["task9201_toywino_fill", "task9203_toyother_answer"]
+    excluded = [s["where"] for s in report["skipped"] if s["reason"].startswith("excluded")]
+    assert excluded == ["task9202_toywino_question"]
+    tasks, _, _ = build(tmp_path, excluded_layout(tmp_path), leakage={"superni_excluded": "keep"})
+    assert tasks["task9202_toywino_question"]["split"] == "train"
+    assert tasks["task9202_toywino_question"]["n_train"] == 4
