@@ -27,6 +27,9 @@ held_out:
   max_eval_instances: 100       # per task and level
 leakage: {n: 13, threshold: 0.5, action: report}   # or drop_train
   # superni_excluded: keep, or drop the tasks of Super-NI's excluded_tasks.txt (§2.3)
+  # unit: instance (pairs of instances), or task (§2.3: a training task is flagged when more
+  # than `threshold`, default 0.01 then, of an eval task's examples share an n-gram with it;
+  # drop_train removes the training task)
 templates:                      # limits per render of one record (PromptSource Jinja, FLAN)
   max_seconds: 1.0              # CPU seconds; real templates take microseconds
   max_chars: 1000000            # characters of the output and of anything built on the way;
@@ -80,8 +83,9 @@ class HeldOutConfig:
 @dataclass
 class LeakageConfig:
     n: int = 13
-    threshold: float = 0.5
+    threshold: float = 0.5  # unit task: 0.01 unless set (§2.3: "more than 1%")
     action: str = "report"
+    unit: str = "instance"  # or task: the paper's rule per (train task, eval task) pair
     superni_excluded: str = "keep"  # or drop: Super-NI's excluded_tasks.txt (§2.3)
 
 
@@ -253,7 +257,11 @@ def load_bench_config(path: str | Path) -> BenchConfig:
             max_eval_instances=_typed(held, "max_eval_instances", int, None, hw)),
         leakage=LeakageConfig(
             n=_typed(leak, "n", int, 13, f"{where}: leakage"),
-            threshold=float(_typed(leak, "threshold", (int, float), 0.5, f"{where}: leakage")),
+            threshold=float(_typed(leak, "threshold", (int, float),
+                                   0.01 if leak.get("unit") == "task" else 0.5,
+                                   f"{where}: leakage")),
+            unit=_choice(_typed(leak, "unit", str, "instance", f"{where}: leakage"),
+                         ("instance", "task"), f"{where}: leakage.unit"),
             action=_choice(_typed(leak, "action", str, "report", f"{where}: leakage"),
                            ("report", "drop_train"), f"{where}: leakage.action"),
             superni_excluded=_choice(_typed(leak, "superni_excluded", str, "keep",

@@ -132,3 +132,39 @@ def test_superni_excluded_task_is_not_trained(tmp_path):
     tasks, _, _ = build(tmp_path, excluded_layout(tmp_path), leakage={"superni_excluded": "keep"})
     assert tasks["task9202_toywino_question"]["split"] == "train"
     assert tasks["task9202_toywino_question"]["n_train"] == 4
+
+
+# ---- §2.3: task-pair leakage, 13-grams on more than 1% of an eval task's examples --------------
+
+def leakage_layout(tmp_path: Path) -> list[dict]:
+    ni = tmp_path / "ni"
+    evals = [sentence(i, salt="e") for i in range(200)]
+    superni_task(ni, "task9301_toygec_correction", "Grammar Error Correction", "toygec", evals)
+    clean = [sentence(i, salt="t") for i in range(20)]
+    superni_task(ni, "task9302_toyleak_two_percent", "Question Answering", "toyleak2",
+                 evals[:4] + clean)  # 4 / 200 = 2% of the eval task's examples
+    superni_task(ni, "task9303_toyleak_half_percent", "Question Answering", "toyleak05",
+                 evals[10:11] + [sentence(i, salt="u") for i in range(20)])  # 1 / 200 = 0.5%
+    return [{"name": "superni", "format": "superni", "path": "ni"}]
+
+
+def test_task_leaking_into_two_percent_of_an_eval_task_is_removed_half_percent_kept(tmp_path):
+    tasks, report, _ = build(tmp_path, leakage_layout(tmp_path),
+                             held_out={"categories": ["Grammar Error Correction"], "instances": 0},
+                             leakage={"unit": "task", "threshold": 0.01, "action": "drop_train"})
+    assert sorted(tasks) == ["task9301_toygec_correction", "task9303_toyleak_half_percent"]
+    assert report["leakage"]["pairs"] == [
+        {"train": "task9302_toyleak_two_percent", "eval": "task9301_toygec_correction",
+         "share": 0.02, "examples": 4}]
+    removed = [s for s in report["skipped"] if s["reason"].startswith("leakage")]
+    assert [s["where"] for s in removed] == ["task9302_toyleak_two_percent"]
+    assert "2.0% of eval task task9301_toygec_correction" in removed[0]["reason"]
+
+
+def test_task_leakage_report_only_keeps_the_task_and_lists_the_pair(tmp_path):
+    tasks, report, _ = build(tmp_path, leakage_layout(tmp_path),
+                             held_out={"categories": ["Grammar Error Correction"], "instances": 0},
+                             leakage={"unit": "task", "action": "report"})
+    assert report["leakage"]["threshold"] == 0.01  # the paper's 1% is the task-unit default
+    assert tasks["task9302_toyleak_two_percent"]["n_train"] == 24
+    assert [p["train"] for p in report["leakage"]["pairs"]] == ["task9302_toyleak_two_percent"]
