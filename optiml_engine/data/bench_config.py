@@ -21,7 +21,10 @@ dedup: {aliases: {glue/mrpc: mrpc}, prefer: [superni, promptsource, flan]}
                                 # copies kept, but those of `drop_from`, default crossfit, exmix,
                                 # t5, when the dataset is also in another benchmark)
 held_out:
-  categories: [Textual Entailment]
+  categories: [Textual Entailment]  # level 1
+  level1_datasets: [wic]        # level 1 too, whatever their category (matched like dedup keys,
+                                # on the whole dataset name or its first `/` part)
+  level2_datasets: [race]       # level 2: every task of these datasets, in any benchmark
   tasks: [task1288_glue_mrpc_paraphrasing]   # and/or tasks_per_category: 1 (drawn by seed)
   instances: 0.1                # fraction (< 1) or count (>= 1) per training task
   max_eval_instances: 100       # per task and level
@@ -73,6 +76,8 @@ class SourceConfig:
 @dataclass
 class HeldOutConfig:
     categories: list[str] = field(default_factory=list)
+    level1_datasets: list[str] = field(default_factory=list)  # evaluated as held out (§5.2)
+    level2_datasets: list[str] = field(default_factory=list)  # partially held out (Table 15)
     tasks: list[str] = field(default_factory=list)
     tasks_per_category: int = 0
     superni_test_split: bool = False
@@ -250,6 +255,10 @@ def load_bench_config(path: str | Path) -> BenchConfig:
         prefer=[str(p) for p in dedup.get("prefer") or []],
         held_out=HeldOutConfig(
             categories=list(_typed(held, "categories", list, [], hw) or []),
+            level1_datasets=[str(d) for d in _typed(held, "level1_datasets", list, [], hw)
+                             or []],
+            level2_datasets=[str(d) for d in _typed(held, "level2_datasets", list, [], hw)
+                             or []],
             tasks=list(_typed(held, "tasks", list, [], hw) or []),
             tasks_per_category=_typed(held, "tasks_per_category", int, 0, hw),
             superni_test_split=_typed(held, "superni_test_split", bool, False, hw),

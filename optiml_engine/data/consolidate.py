@@ -147,10 +147,30 @@ def cap_instances(task: Task, cap: int, seed: int) -> int:
     return before - len(unique)
 
 
+def listed_dataset(task: Task, listed: set[str], aliases: dict[str, str]) -> str | None:
+    """The entry of `listed` (normalised dataset keys) that names the task's dataset, matched on
+    the whole name or its first `/` part (`race` names PromptSource's `race/high`)."""
+    for key in (dataset_key(task, aliases),
+                dataset_key(Task("", "", "", "", [], dataset=task.dataset.split("/")[0]),
+                            aliases)):
+        if key and key in listed:
+            return key
+    return None
+
+
+def _dataset_keys(names: list[str], aliases: dict[str, str]) -> set[str]:
+    return {dataset_key(Task("", "", "", "", [], dataset=n), aliases) for n in names}
+
+
 def assign_levels(tasks: list[Task], cfg: BenchConfig) -> Consolidated:
-    """The three levels: held-out categories, held-out tasks of seen categories, held-out
-    instances of training tasks."""
+    """The three levels (§2.3): 1. held-out categories (`held_out.categories`) and datasets
+    evaluated as held out whatever their category (`held_out.level1_datasets`); 2. held-out
+    tasks of seen categories (`held_out.tasks`, `level2_datasets`, `superni_test_split`,
+    `tasks_per_category`); 3. held-out instances of training tasks (`held_out.instances`)."""
     held = cfg.held_out
+    level1 = _dataset_keys(held.level1_datasets, cfg.aliases)
+    level2 = _dataset_keys(held.level2_datasets, cfg.aliases)
+    matched: set[str] = set()
     names = {t.name for t in tasks}
     unknown = [n for n in held.tasks if n not in names]
     out = Consolidated(tasks=tasks, split={})
@@ -166,12 +186,26 @@ def assign_levels(tasks: list[Task], cfg: BenchConfig) -> Consolidated:
             out.split[task.name] = TRAIN
         elif task.category in held.categories:
             out.split[task.name] = HELDOUT_CATEGORY
+            matched.update(k for k in [listed_dataset(task, level1 | level2, cfg.aliases)] if k)
+        elif key := listed_dataset(task, level1, cfg.aliases):
+            out.split[task.name] = HELDOUT_CATEGORY
+            matched.add(key)
         else:
             by_category[task.category].append(task)
+    partial = {}
+    for group in by_category.values():
+        for task in group:
+            if key := listed_dataset(task, level2, cfg.aliases):
+                partial[task.name] = key
+                matched.add(key)
+    unmatched = sorted((level1 | level2) - matched)
+    if unmatched:
+        out.notes.append("held_out level1/level2 datasets with no task in the bench: "
+                         + ", ".join(unmatched))
     rng = random.Random(f"{cfg.seed}:heldout-tasks")
     for category in sorted(by_category):
         group = sorted(by_category[category], key=lambda t: t.name)
-        chosen = {t.name for t in group if t.name in held.tasks or (
+        chosen = {t.name for t in group if t.name in held.tasks or t.name in partial or (
             held.superni_test_split and t.meta.get("split") == "test")}
         if held.tasks_per_category and len(group) > 1:
             free = [t.name for t in group if t.name not in chosen]

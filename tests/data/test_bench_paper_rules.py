@@ -168,3 +168,69 @@ def test_task_leakage_report_only_keeps_the_task_and_lists_the_pair(tmp_path):
     assert report["leakage"]["threshold"] == 0.01  # the paper's 1% is the task-unit default
     assert tasks["task9302_toyleak_two_percent"]["n_train"] == 24
     assert [p["train"] for p in report["leakage"]["pairs"]] == ["task9302_toyleak_two_percent"]
+
+
+# ---- §2.3, Table 15, §5.2, §5.5: the held-out levels of recipes/bench/opt-iml.yaml --------------
+
+RECIPE = yaml.safe_load((Path(__file__).parents[2] / "recipes/bench/opt-iml.yaml").read_text())
+
+
+def levels_layout(tmp_path: Path) -> list[dict]:
+    ni = tmp_path / "ni"
+    rows = [sentence(i, salt="r") for i in range(4)]
+    superni_task(ni, "task9401_toy_jfleg_correction", "Grammar Error Correction", "jfleg", rows)
+    superni_task(ni, "task9402_toy_race_answer", "Question Answering", "race", rows)
+    superni_task(ni, "task9403_toy_civil_comments_toxic", "Toxic Language Detection",
+                 "civil_comments", rows)
+    superni_task(ni, "task9404_toy_squad_answer", "Question Answering", "squad1.1", rows)
+    superni_task(ni, "task9405_toy_wic_sense", "Word Semantics", "wic", rows)
+    superni_task(ni, "task9406_toy_hellaswag_ending", "Sentence Composition", "hellaswag", rows)
+    ps = tmp_path / "ps"
+    promptsource_dataset(ps, "race", "high", [{"text": r, "answer": "a"} for r in rows])
+    promptsource_dataset(ps, "super_glue", "wic", [{"text": r, "answer": "b"} for r in rows])
+    promptsource_dataset(ps, "ai2_arc", "ARC-Challenge", [{"text": r, "answer": "c"}
+                                                          for r in rows])
+    seq2seq_file(tmp_path / "skg/dart.jsonl", "dart", [(r, "d") for r in rows], "Data to Text")
+    seq2seq_file(tmp_path / "skg/totto.jsonl", "totto", [(r, "e") for r in rows], "Data to Text")
+    seq2seq_file(tmp_path / "cot/gsm8k.jsonl", "gsm8k", [(r, "f") for r in rows],
+                 "Chain-of-Thought Reasoning")
+    return [{"name": "superni", "format": "superni", "path": "ni"},
+            {"name": "promptsource", "format": "promptsource", "path": "ps"},
+            {"name": "unifiedskg", "format": "seq2seq", "path": "skg"},
+            {"name": "reasoning", "format": "seq2seq", "path": "cot"}]
+
+
+def test_recipe_levels_gec_level1_partial_datasets_level2_wic_hellaswag_dart_held_out(tmp_path):
+    held = {**RECIPE["held_out"], "instances": 1}
+    categories = {"race/high": "Question Answering", "super_glue/wic": "Word Semantics",
+                  "ai2_arc/ARC-Challenge": "Question Answering"}
+    tasks, report, _ = build(tmp_path, levels_layout(tmp_path), held_out=held,
+                             categories=categories, dedup=RECIPE["dedup"])
+    split = {name: t["split"] for name, t in tasks.items()}
+    assert split == {
+        "task9401_toy_jfleg_correction": "heldout_category",  # Grammar Error Correction
+        "task9405_toy_wic_sense": "heldout_category",  # WiC, §5.2
+        "super_glue_wic_copy": "heldout_category",
+        "task9406_toy_hellaswag_ending": "heldout_category",  # HellaSwag, §5.2
+        "unifiedskg_dart": "heldout_category",  # DART, §5.5
+        "task9402_toy_race_answer": "heldout_task",  # RACE
+        "race_high_copy": "heldout_task",
+        "ai2_arc_arc_challenge_copy": "heldout_task",  # ARC
+        "task9403_toy_civil_comments_toxic": "heldout_task",  # Civil Comments
+        "reasoning_gsm8k": "heldout_task",  # GSM8K
+        "task9404_toy_squad_answer": "train",
+        "unifiedskg_totto": "train"}
+    assert all(tasks[n]["n_train"] == 0 for n, s in split.items() if s != "train")
+    assert tasks["task9404_toy_squad_answer"]["n_train"] == 3
+    notes = " ".join(report["notes"])
+    assert "with no task in the bench" in notes and "newsroom" in notes and "race" not in notes
+
+
+def test_without_level_lists_those_datasets_are_trained(tmp_path):
+    tasks, _, _ = build(tmp_path, levels_layout(tmp_path),
+                        held_out={"categories": ["Grammar Error Correction"], "instances": 1},
+                        categories={"race/high": "Question Answering",
+                                    "super_glue/wic": "Word Semantics",
+                                    "ai2_arc/ARC-Challenge": "Question Answering"})
+    trained = sorted(n for n, t in tasks.items() if t["split"] == "train")
+    assert trained == sorted(set(tasks) - {"task9401_toy_jfleg_correction"})
