@@ -27,6 +27,9 @@ held_out:
   level2_datasets: [race]       # level 2: every task of these datasets, in any benchmark
   tasks: [task1288_glue_mrpc_paraphrasing]   # and/or tasks_per_category: 1 (drawn by seed)
   instances: 0.1                # fraction (< 1) or count (>= 1) per training task
+  level3: random                # or source_splits: rows of the original validation / test
+                                # files (or records with split: validation/test) are level 3;
+                                # tasks without split information fall back to `instances`
   max_eval_instances: 100       # per task and level
 leakage: {n: 13, threshold: 0.5, action: report}   # or drop_train
   # superni_excluded: keep, or drop the tasks of Super-NI's excluded_tasks.txt (§2.3)
@@ -82,6 +85,7 @@ class HeldOutConfig:
     tasks_per_category: int = 0
     superni_test_split: bool = False
     instances: float = 0.1
+    level3: str = "random"  # or source_splits: the original validation/test rows (§2.3)
     max_eval_instances: int | None = None
 
 
@@ -263,6 +267,8 @@ def load_bench_config(path: str | Path) -> BenchConfig:
             tasks_per_category=_typed(held, "tasks_per_category", int, 0, hw),
             superni_test_split=_typed(held, "superni_test_split", bool, False, hw),
             instances=instances,
+            level3=_choice(_typed(held, "level3", str, "random", hw),
+                           ("random", "source_splits"), f"{hw}.level3"),
             max_eval_instances=_typed(held, "max_eval_instances", int, None, hw)),
         leakage=LeakageConfig(
             n=_typed(leak, "n", int, 13, f"{where}: leakage"),

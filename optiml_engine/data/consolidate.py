@@ -166,7 +166,11 @@ def assign_levels(tasks: list[Task], cfg: BenchConfig) -> Consolidated:
     """The three levels (§2.3): 1. held-out categories (`held_out.categories`) and datasets
     evaluated as held out whatever their category (`held_out.level1_datasets`); 2. held-out
     tasks of seen categories (`held_out.tasks`, `level2_datasets`, `superni_test_split`,
-    `tasks_per_category`); 3. held-out instances of training tasks (`held_out.instances`)."""
+    `tasks_per_category`); 3. held-out instances of training tasks: `held_out.level3: random`
+    holds out `held_out.instances` seeded random instances of each; `source_splits` holds out
+    the instances of the original validation / test splits where the source says which split
+    a row came from (record files named train / validation / test, a seq2seq record's `split`)
+    and falls back to `random` for a task whose format has no split (Super-NI)."""
     held = cfg.held_out
     level1 = _dataset_keys(held.level1_datasets, cfg.aliases)
     level2 = _dataset_keys(held.level2_datasets, cfg.aliases)
@@ -222,7 +226,13 @@ def assign_levels(tasks: list[Task], cfg: BenchConfig) -> Consolidated:
             eval_ids = ids
         elif task.benchmark in TRAIN_ONLY_BENCHMARKS:
             eval_ids = []
-        else:
+        elif held.level3 == "source_splits" and task.meta.get("instance_splits"):
+            # §2.3: "for a subset of the training tasks, we hold out the validation and test
+            # sets from the original data release": the instances read from validation / test
+            # files (or records marked so) are level 3; a task with only train rows has none
+            splits = task.meta["instance_splits"]
+            eval_ids = [i for i in ids if splits.get(i) in ("validation", "test")]
+        else:  # `random`, or a task whose format carries no split (Super-NI)
             count = int(held.instances) if held.instances >= 1 else round(held.instances * len(ids))
             count = min(count, len(ids) - 1) if len(ids) > 1 else 0
             eval_ids = random.Random(f"{cfg.seed}:heldout-instances:{task.name}").sample(ids,

@@ -234,3 +234,64 @@ def test_without_level_lists_those_datasets_are_trained(tmp_path):
                                     "ai2_arc/ARC-Challenge": "Question Answering"})
     trained = sorted(n for n, t in tasks.items() if t["split"] == "train")
     assert trained == sorted(set(tasks) - {"task9401_toy_jfleg_correction"})
+
+
+# ---- §2.3 level 3: the original validation / test sets of training tasks ------------------------
+
+def level3_layout(tmp_path: Path) -> list[dict]:
+    ps = tmp_path / "ps"
+    promptsource_dataset(ps, "toyrev", None, [{"text": sentence(i, salt="a"), "answer": "t"}
+                                              for i in range(3)])
+    (ps / "toyrev/validation.jsonl").write_text("".join(
+        json.dumps({"text": sentence(i, salt="v"), "answer": "v"}) + "\n" for i in range(2)))
+    promptsource_dataset(ps, "toytrainonly", None, [{"text": sentence(i, salt="b"), "answer": "t"}
+                                                    for i in range(3)])
+    flan = tmp_path / "flan"
+    (flan / "toynli").mkdir(parents=True)
+    (flan / "templates.json").write_text(json.dumps({"toynli": [["{premise}", "{answer}"]]}))
+    for split, n in (("train", 3), ("test", 2)):
+        (flan / f"toynli/{split}.jsonl").write_text("".join(
+            json.dumps({"premise": sentence(i, salt=split), "answer": split}) + "\n"
+            for i in range(n)))
+    cf = tmp_path / "cf/toyqa.jsonl"
+    cf.parent.mkdir(parents=True)
+    cf.write_text("".join(json.dumps({"src": sentence(i, salt="c"), "tgt": "x", "id": f"q{i}",
+                                      "split": "dev" if i == 3 else "train"}) + "\n"
+                          for i in range(4)))
+    superni_task(tmp_path / "ni", "task9501_toy_answer", "Question Answering", "toyni",
+                 [sentence(i, salt="n") for i in range(4)])
+    return [{"name": "superni", "format": "superni", "path": "ni"},
+            {"name": "promptsource", "format": "promptsource", "path": "ps"},
+            {"name": "flan", "format": "flan", "path": "flan"},
+            {"name": "crossfit", "format": "seq2seq", "path": "cf"}]
+
+
+def test_level3_source_splits_holds_out_the_original_validation_and_test_rows(tmp_path):
+    _, _, manifest = build(tmp_path, level3_layout(tmp_path),
+                           held_out={"level3": "source_splits", "instances": 2},
+                           categories={"toyrev": "Sentiment Analysis", "toytrainonly":
+                                       "Sentiment Analysis", "toynli": "Question Answering",
+                                       "toyqa": "Question Answering"})
+    records = {json.loads(line)["name"]: json.loads(line) for line in
+               (tmp_path / "out/tasks.jsonl").read_text().splitlines()}
+    inputs = {name: {i["id"]: i["input"] for i in r["instances"]} for name, r in records.items()}
+    assert sorted(inputs["toyrev_copy"][i] for i in records["toyrev_copy"]["eval_ids"]) == \
+        sorted(sentence(i, salt="v") for i in range(2))
+    assert records["toytrainonly_copy"]["eval_ids"] == []
+    assert sorted(inputs["flan_toynli"][i] for i in records["flan_toynli"]["eval_ids"]) == \
+        sorted(sentence(i, salt="test") for i in range(2))
+    assert records["crossfit_toyqa"]["eval_ids"] == ["q3"]
+    assert len(records["task9501_toy_answer"]["eval_ids"]) == 2  # no split: `instances` random
+    n_train = {t["name"]: t["n_train"] for t in manifest["tasks"]}
+    assert n_train == {"toyrev_copy": 3, "toytrainonly_copy": 3, "flan_toynli": 3,
+                       "crossfit_toyqa": 3, "task9501_toy_answer": 2}
+
+
+def test_level3_random_ignores_the_source_splits(tmp_path):
+    _, _, manifest = build(tmp_path, level3_layout(tmp_path), held_out={"instances": 1},
+                           categories={"toyrev": "Sentiment Analysis", "toytrainonly":
+                                       "Sentiment Analysis", "toynli": "Question Answering",
+                                       "toyqa": "Question Answering"})
+    assert {t["name"]: t["n_eval"] for t in manifest["tasks"]} == {
+        "toyrev_copy": 1, "toytrainonly_copy": 1, "flan_toynli": 1, "crossfit_toyqa": 1,
+        "task9501_toy_answer": 1}
