@@ -236,6 +236,10 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
         "max_eval_instances": cfg.held_out.max_eval_instances,
         "held_out_categories": cfg.held_out.categories, "benchmarks": benchmarks,
         "categories": categories, "tasks": entries,
+        # tasks removed by a bench rule, by rule: dedup (§2.1), Super-NI excluded_tasks.txt and
+        # task-pair leakage (§2.3); each is listed with its reason in report.json `skipped`
+        "removed": {kind: sum(s.reason.startswith(kind) for s in result.skipped)
+                    for kind in ("duplicate", "excluded", "leakage")},
         "counts": {"tasks": len(entries), "train_examples": len(writer.rows),
                    "eval_instances": sum(e["n_eval"] for e in entries),
                    "skipped": len(result.skipped), "leaks": len(leaks)},
@@ -312,9 +316,12 @@ def summary(manifest: dict, out: Path) -> str:
     for t in manifest["tasks"]:
         splits[t["split"]] = splits.get(t["split"], 0) + 1
     by_split = ", ".join(f"{v} {k}" for k, v in sorted(splits.items()))
+    removed = manifest.get("removed") or {}
+    why = ", ".join(f"{v} {k}" for k, v in sorted(removed.items()) if v)
     return (f"{out}: {c['tasks']} tasks ({by_split}), {c['train_examples']} training examples, "
             f"{c['eval_instances']} eval instances, "
-            f"{c['skipped']} skipped, {c['leaks']} leakage pairs (see report.json)")
+            f"{c['skipped']} skipped{f' ({why})' if why else ''}, {c['leaks']} leakage pairs "
+            "(see report.json)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from optiml_engine.data.bench import build_bench
+from optiml_engine.data.bench import build_bench, summary
+from optiml_engine.data.bench_config import load_bench_config
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
          "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "
@@ -149,9 +150,10 @@ def leakage_layout(tmp_path: Path) -> list[dict]:
 
 
 def test_task_leaking_into_two_percent_of_an_eval_task_is_removed_half_percent_kept(tmp_path):
-    tasks, report, _ = build(tmp_path, leakage_layout(tmp_path),
-                             held_out={"categories": ["Grammar Error Correction"], "instances": 0},
-                             leakage={"unit": "task", "threshold": 0.01, "action": "drop_train"})
+    tasks, report, manifest = build(
+        tmp_path, leakage_layout(tmp_path),
+        held_out={"categories": ["Grammar Error Correction"], "instances": 0},
+        leakage={"unit": "task", "threshold": 0.01, "action": "drop_train"})
     assert sorted(tasks) == ["task9301_toygec_correction", "task9303_toyleak_half_percent"]
     assert report["leakage"]["pairs"] == [
         {"train": "task9302_toyleak_two_percent", "eval": "task9301_toygec_correction",
@@ -159,6 +161,8 @@ def test_task_leaking_into_two_percent_of_an_eval_task_is_removed_half_percent_k
     removed = [s for s in report["skipped"] if s["reason"].startswith("leakage")]
     assert [s["where"] for s in removed] == ["task9302_toyleak_two_percent"]
     assert "2.0% of eval task task9301_toygec_correction" in removed[0]["reason"]
+    assert manifest["removed"] == {"duplicate": 0, "excluded": 0, "leakage": 1}
+    assert "1 skipped (1 leakage), 1 leakage pairs" in summary(manifest, tmp_path / "out")
 
 
 def test_task_leakage_report_only_keeps_the_task_and_lists_the_pair(tmp_path):
@@ -295,3 +299,16 @@ def test_level3_random_ignores_the_source_splits(tmp_path):
     assert {t["name"]: t["n_eval"] for t in manifest["tasks"]} == {
         "toyrev_copy": 1, "toytrainonly_copy": 1, "flan_toynli": 1, "crossfit_toyqa": 1,
         "task9501_toy_answer": 1}
+
+
+def test_opt_iml_recipe_defaults_are_the_papers(monkeypatch):
+    monkeypatch.setenv("OPTIML_DATA", "/nowhere")
+    monkeypatch.setenv("OPT_TOKENIZER", "byte")
+    cfg = load_bench_config(Path(__file__).parents[2] / "recipes/bench/opt-iml.yaml")
+    assert (cfg.dedup_policy, cfg.dedup_drop_from) == ("paper", ["crossfit", "exmix", "t5"])
+    leak = cfg.leakage
+    assert (leak.unit, leak.n, leak.threshold, leak.action, leak.superni_excluded) == (
+        "task", 13, 0.01, "drop_train", "drop")
+    assert "Grammar Error Correction" in cfg.held_out.categories
+    assert cfg.held_out.level1_datasets == ["wic", "hellaswag", "dart"]
+    assert cfg.held_out.level3 == "source_splits"
