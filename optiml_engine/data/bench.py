@@ -30,9 +30,10 @@ from .consolidate import (
     assign_levels,
     cap_instances,
     dedup_datasets,
+    drop_excluded,
     map_categories,
 )
-from .leakage import find_leaks
+from .leakage import find_leaks, find_task_leaks
 from .prompts import fit_to_length, render
 from .sources import load_tasks
 from .sources.common import expand
@@ -140,6 +141,14 @@ def _text(inst) -> str:
 
 
 def check_leakage(result: Consolidated, cfg: BenchConfig) -> list[dict]:
+    """`leakage.unit: instance`: flag (train instance, eval instance) pairs, `drop_train` drops
+    the training instance. `unit: task` (§2.3): flag (training task, evaluation task) pairs
+    where more than `threshold` of the evaluation task's examples share an n-gram with the
+    training task; `drop_train` removes the training task from the bench (listed in the report
+    as skipped). Evaluation tasks are those of levels 1 and 2; level-3 instances belong to the
+    training tasks themselves and are compared only in `unit: instance`."""
+    if cfg.leakage.unit == "task":
+        return _check_task_leakage(result, cfg)
     train, evals = [], []
     for task in result.tasks:
         held = set(result.eval_ids[task.name])
@@ -154,6 +163,32 @@ def check_leakage(result: Consolidated, cfg: BenchConfig) -> list[dict]:
         for task in result.tasks:
             task.instances = [i for i in task.instances if f"{task.name}/{i.id}" not in bad
                               or i.id in set(result.eval_ids[task.name])]
+    return leaks
+
+
+def _check_task_leakage(result: Consolidated, cfg: BenchConfig) -> list[dict]:
+    train: dict[str, list[str]] = {}
+    evals: dict[str, list[str]] = {}
+    for task in result.tasks:
+        if task.benchmark == "pretraining":
+            continue
+        if result.split[task.name] == TRAIN:
+            held = set(result.eval_ids[task.name])
+            train[task.name] = [_text(i) for i in task.instances if i.id not in held]
+        else:
+            evals[task.name] = [_text(i) for i in task.instances]
+    leaks = find_task_leaks(train, evals, cfg.leakage.n, cfg.leakage.threshold)
+    if cfg.leakage.action == "drop_train" and leaks:
+        worst: dict[str, dict] = {}
+        for leak in leaks:
+            if leak["train"] not in worst or leak["share"] > worst[leak["train"]]["share"]:
+                worst[leak["train"]] = leak
+        result.tasks = [t for t in result.tasks if t.name not in worst]
+        for name, leak in sorted(worst.items()):
+            del result.split[name], result.eval_ids[name]
+            result.skipped.append(Skipped(name, f"leakage: {leak['share']:.1%} of eval task "
+                                                f"{leak['eval']}'s examples share a "
+                                                f"{cfg.leakage.n}-gram with it (§2.3)"))
     return leaks
 
 
@@ -192,7 +227,7 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
     report = {"skipped": [vars(s) for s in result.skipped], "notes": result.notes,
               "capped": capped, "leakage": {"n": cfg.leakage.n, "threshold":
                                             cfg.leakage.threshold, "action": cfg.leakage.action,
-                                            "pairs": leaks}}
+                                            "unit": cfg.leakage.unit, "pairs": leaks}}
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     manifest = {
         "format_version": FORMAT_VERSION, "name": cfg.name, "input_fingerprint": fingerprint,
@@ -201,6 +236,10 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
         "max_eval_instances": cfg.held_out.max_eval_instances,
         "held_out_categories": cfg.held_out.categories, "benchmarks": benchmarks,
         "categories": categories, "tasks": entries,
+        # tasks removed by a bench rule, by rule: dedup (§2.1), Super-NI excluded_tasks.txt and
+        # task-pair leakage (§2.3); each is listed with its reason in report.json `skipped`
+        "removed": {kind: sum(s.reason.startswith(kind) for s in result.skipped)
+                    for kind in ("duplicate", "excluded", "leakage")},
         "counts": {"tasks": len(entries), "train_examples": len(writer.rows),
                    "eval_instances": sum(e["n_eval"] for e in entries),
                    "skipped": len(result.skipped), "leaks": len(leaks)},
@@ -248,6 +287,8 @@ def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = Fals
 
     tokenizer = load_tokenizer(cfg.tokenizer)  # fail fast, before reading the collections
     tasks, skipped, capped = read_all(cfg)
+    tasks, excluded = drop_excluded(tasks, cfg)
+    skipped += excluded
     tasks, unmapped = map_categories(tasks, cfg)
     tasks, duplicates = dedup_datasets(tasks, cfg)
     if not tasks:
@@ -275,9 +316,12 @@ def summary(manifest: dict, out: Path) -> str:
     for t in manifest["tasks"]:
         splits[t["split"]] = splits.get(t["split"], 0) + 1
     by_split = ", ".join(f"{v} {k}" for k, v in sorted(splits.items()))
+    removed = manifest.get("removed") or {}
+    why = ", ".join(f"{v} {k}" for k, v in sorted(removed.items()) if v)
     return (f"{out}: {c['tasks']} tasks ({by_split}), {c['train_examples']} training examples, "
             f"{c['eval_instances']} eval instances, "
-            f"{c['skipped']} skipped, {c['leaks']} leakage pairs (see report.json)")
+            f"{c['skipped']} skipped{f' ({why})' if why else ''}, {c['leaks']} leakage pairs "
+            "(see report.json)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,25 @@ categories:                     # non-Super-NI tasks: task name, then dataset, t
   glue/mrpc: Text Matching
 on_unmapped: fail               # or skip (listed in the report)
 dedup: {aliases: {glue/mrpc: mrpc}, prefer: [superni, promptsource, flan]}
+                                # policy: one_copy (the first in `prefer`) or paper (§2.1: all
+                                # copies kept, but those of `drop_from`, default crossfit, exmix,
+                                # t5, when the dataset is also in another benchmark)
 held_out:
-  categories: [Textual Entailment]
+  categories: [Textual Entailment]  # level 1
+  level1_datasets: [wic]        # level 1 too, whatever their category (matched like dedup keys,
+                                # on the whole dataset name or its first `/` part)
+  level2_datasets: [race]       # level 2: every task of these datasets, in any benchmark
   tasks: [task1288_glue_mrpc_paraphrasing]   # and/or tasks_per_category: 1 (drawn by seed)
   instances: 0.1                # fraction (< 1) or count (>= 1) per training task
+  level3: random                # or source_splits: rows of the original validation / test
+                                # files (or records with split: validation/test) are level 3;
+                                # tasks without split information fall back to `instances`
   max_eval_instances: 100       # per task and level
 leakage: {n: 13, threshold: 0.5, action: report}   # or drop_train
+  # superni_excluded: keep, or drop the tasks of Super-NI's excluded_tasks.txt (§2.3)
+  # unit: instance (pairs of instances), or task (§2.3: a training task is flagged when more
+  # than `threshold`, default 0.01 then, of an eval task's examples share an n-gram with it;
+  # drop_train removes the training task)
 templates:                      # limits per render of one record (PromptSource Jinja, FLAN)
   max_seconds: 1.0              # CPU seconds; real templates take microseconds
   max_chars: 1000000            # characters of the output and of anything built on the way;
@@ -45,6 +58,8 @@ from .sources import FORMATS, TemplateLimits
 
 SOURCE_FORMATS = (*FORMATS, "synthetic", "text")
 DEFAULT_CAP = 100_000
+DEDUP_POLICIES = ("one_copy", "paper")
+PAPER_DROP_FROM = ("crossfit", "exmix", "t5")  # §2.1: their copies of datasets seen elsewhere
 
 
 @dataclass
@@ -64,18 +79,23 @@ class SourceConfig:
 @dataclass
 class HeldOutConfig:
     categories: list[str] = field(default_factory=list)
+    level1_datasets: list[str] = field(default_factory=list)  # evaluated as held out (§5.2)
+    level2_datasets: list[str] = field(default_factory=list)  # partially held out (Table 15)
     tasks: list[str] = field(default_factory=list)
     tasks_per_category: int = 0
     superni_test_split: bool = False
     instances: float = 0.1
+    level3: str = "random"  # or source_splits: the original validation/test rows (§2.3)
     max_eval_instances: int | None = None
 
 
 @dataclass
 class LeakageConfig:
     n: int = 13
-    threshold: float = 0.5
+    threshold: float = 0.5  # unit task: 0.01 unless set (§2.3: "more than 1%")
     action: str = "report"
+    unit: str = "instance"  # or task: the paper's rule per (train task, eval task) pair
+    superni_excluded: str = "keep"  # or drop: Super-NI's excluded_tasks.txt (§2.3)
 
 
 @dataclass
@@ -96,6 +116,8 @@ class BenchConfig:
     leakage: LeakageConfig
     raw: dict
     templates: TemplateLimits = field(default_factory=TemplateLimits)
+    dedup_policy: str = "one_copy"  # or "paper" (§2.1), see consolidate.dedup_datasets
+    dedup_drop_from: list[str] = field(default_factory=lambda: list(PAPER_DROP_FROM))
 
 
 def _check_keys(d: dict, allowed: set[str], where: str) -> None:
@@ -213,7 +235,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     _check_variables(raw, where)
     categories = _typed(raw, "categories", dict, {}, where) or {}
     dedup = _typed(raw, "dedup", dict, {}, where) or {}
-    _check_keys(dedup, {"aliases", "prefer"}, f"{where}: dedup")
+    _check_keys(dedup, {"aliases", "prefer", "policy", "drop_from"}, f"{where}: dedup")
     held = _typed(raw, "held_out", dict, {}, where) or {}
     _check_keys(held, set(HeldOutConfig.__dataclass_fields__), f"{where}: held_out")
     leak = _typed(raw, "leakage", dict, {}, where) or {}
@@ -237,17 +259,34 @@ def load_bench_config(path: str | Path) -> BenchConfig:
         prefer=[str(p) for p in dedup.get("prefer") or []],
         held_out=HeldOutConfig(
             categories=list(_typed(held, "categories", list, [], hw) or []),
+            level1_datasets=[str(d) for d in _typed(held, "level1_datasets", list, [], hw)
+                             or []],
+            level2_datasets=[str(d) for d in _typed(held, "level2_datasets", list, [], hw)
+                             or []],
             tasks=list(_typed(held, "tasks", list, [], hw) or []),
             tasks_per_category=_typed(held, "tasks_per_category", int, 0, hw),
             superni_test_split=_typed(held, "superni_test_split", bool, False, hw),
             instances=instances,
+            level3=_choice(_typed(held, "level3", str, "random", hw),
+                           ("random", "source_splits"), f"{hw}.level3"),
             max_eval_instances=_typed(held, "max_eval_instances", int, None, hw)),
         leakage=LeakageConfig(
             n=_typed(leak, "n", int, 13, f"{where}: leakage"),
-            threshold=float(_typed(leak, "threshold", (int, float), 0.5, f"{where}: leakage")),
+            threshold=float(_typed(leak, "threshold", (int, float),
+                                   0.01 if leak.get("unit") == "task" else 0.5,
+                                   f"{where}: leakage")),
+            unit=_choice(_typed(leak, "unit", str, "instance", f"{where}: leakage"),
+                         ("instance", "task"), f"{where}: leakage.unit"),
             action=_choice(_typed(leak, "action", str, "report", f"{where}: leakage"),
-                           ("report", "drop_train"), f"{where}: leakage.action")),
-        raw=raw, templates=_template_limits(raw, where))
+                           ("report", "drop_train"), f"{where}: leakage.action"),
+            superni_excluded=_choice(_typed(leak, "superni_excluded", str, "keep",
+                                            f"{where}: leakage"), ("keep", "drop"),
+                                     f"{where}: leakage.superni_excluded")),
+        raw=raw, templates=_template_limits(raw, where),
+        dedup_policy=_choice(_typed(dedup, "policy", str, "one_copy", f"{where}: dedup"),
+                             DEDUP_POLICIES, f"{where}: dedup.policy"),
+        dedup_drop_from=[str(b) for b in _typed(dedup, "drop_from", list,
+                                                 list(PAPER_DROP_FROM), f"{where}: dedup")])
     if cfg.max_example_tokens < 2:
         raise OptimlError(f"{where}: max_example_tokens", "must be at least 2")
     return cfg

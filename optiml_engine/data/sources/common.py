@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from ...errors import OptimlError, parse_json, read_text
@@ -58,3 +59,15 @@ def expand(path: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
     raise OptimlError(str(path), "no such file or directory", "check the source path in the config")
+
+
+_SPLIT_NAME = re.compile(r"^(train|training|validation|valid|val|dev|test)(?![a-z])", re.I)
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation",
+               "valid": "validation", "val": "validation", "dev": "validation", "test": "test"}
+
+
+def split_of(name: str | Path) -> str | None:
+    """The original split a record file holds, from its name (`train.jsonl`, `validation.jsonl`,
+    `test-00000-of-00001.jsonl`, `dev.jsonl`): train / validation / test, or None."""
+    m = _SPLIT_NAME.match(Path(name).name)
+    return SPLIT_NAMES[m.group(1).lower()] if m else None

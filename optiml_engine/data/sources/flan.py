@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ...errors import OptimlError, parse_json, parse_yaml, read_text
 from ..task import Instance, Task
-from .common import read_jsonl
+from .common import read_jsonl, split_of
 from .sandbox import (
     DEFAULT_LIMITS,
     TemplateLimits,
@@ -83,11 +83,13 @@ def load_flan(path: str | Path, seed: int = 0,
         if not files:
             raise OptimlError(f"{file}: {dataset}", "no records for this dataset",
                               f"put them in {dataset}.jsonl or {dataset}/*.jsonl")
-        instances = []
+        instances, splits = [], {}
         for rf in files:
             for lineno, record in read_jsonl(rf):
                 instances.append(_instance(dataset, pairs, record, len(instances), seed,
                                            f"{file}: {dataset}: record {rf}:{lineno}", limits))
+                if split := split_of(rf):
+                    splits[instances[-1].id] = split
         classify = all(i.options for i in instances)
         if not classify:  # one metric per task: inverted patterns make the task free-form
             for inst in instances:
@@ -95,7 +97,7 @@ def load_flan(path: str | Path, seed: int = 0,
         tasks.append(Task(name=f"flan_{dataset}", benchmark="flan", category="", definition="",
                           instances=instances, metric="accuracy" if classify else "rouge_l",
                           dataset=dataset, source=str(file),
-                          meta={"patterns": len(pairs)}))
+                          meta={"patterns": len(pairs), "instance_splits": splits}))
     return tasks
 
 

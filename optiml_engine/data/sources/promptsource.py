@@ -16,7 +16,7 @@ import yaml
 
 from ...errors import OptimlError, parse_yaml, read_text
 from ..task import Instance, Task
-from .common import expand, read_jsonl
+from .common import expand, read_jsonl, split_of
 from .sandbox import DEFAULT_LIMITS, TemplateLimits, TemplateRefused, render_jinja
 
 
@@ -90,7 +90,7 @@ def load_promptsource(path: str | Path, records: str | Path | None = None,
 
 def _template_task(name: str, dataset: str, template: dict, rows: list, where: str,
                    limits: TemplateLimits) -> Task:
-    instances, skipped = [], 0
+    instances, skipped, splits = [], 0, {}
     for index, (row_where, record) in enumerate(rows):
         text, target, choices = apply_template(template, record, f"{where}: record {row_where}",
                                                limits)
@@ -99,6 +99,8 @@ def _template_task(name: str, dataset: str, template: dict, rows: list, where: s
             continue
         instances.append(Instance(id=f"{name}-{index}", input=text, outputs=[target],
                                   options=choices))
+        if split := split_of(row_where.rsplit(":", 1)[0]):  # the row file's name
+            splits[instances[-1].id] = split
     # rank classification only when every target is one of its choices
     classify = bool(instances) and all(i.options and i.outputs[0] in i.options for i in instances)
     if not classify:
@@ -106,7 +108,7 @@ def _template_task(name: str, dataset: str, template: dict, rows: list, where: s
             inst.options = None
     meta = dict(template.get("metadata") or {})
     meta.update(template_id=template.get("id"), skipped_empty=skipped, template_name=template.get(
-        "name"))
+        "name"), instance_splits=splits)
     return Task(name=name, benchmark="promptsource", category="", definition="",
                 instances=instances, metric="accuracy" if classify else "rouge_l",
                 dataset=dataset, source=where, meta=meta)

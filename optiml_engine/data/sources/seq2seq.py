@@ -2,9 +2,10 @@
 
 seq2seq record: `src`, `tgt` (a string or a list of references), optional `options`, `id`,
 `task` (groups records of one file into several tasks; default: the file name), `category`,
-`definition`, `dataset`. UnifiedSKG's own record layout (`struct_in`, `text_in`, `seq_out`,
-optional `description`) is accepted too and composed as UnifiedSKG does:
-`[description ; ]text_in ; structured knowledge: struct_in`.
+`definition`, `dataset`, `split` (the record's original split: train / validation / dev / test;
+default: read from the file name, e.g. `validation.jsonl`). UnifiedSKG's own record layout
+(`struct_in`, `text_in`, `seq_out`, optional `description`) is accepted too and composed as
+UnifiedSKG does: `[description ; ]text_in ; structured knowledge: struct_in`.
 
 chain-of-thought record: `question`, `rationale`, `answer`; the target is the rationale followed
 by the answer, so the model learns to reason before answering. Answer options, if any, belong in
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from ...errors import OptimlError
 from ..task import Instance, Task
-from .common import expand, read_jsonl, require_str
+from .common import SPLIT_NAMES, expand, read_jsonl, require_str, split_of
 
 COT_ANSWER_PREFIX = "So the answer is"
 
@@ -70,18 +71,22 @@ def _load(path: str | Path, benchmark: str, pair: Callable[[dict, str], tuple[st
                 "instances": [], "source": str(file),
                 "category": str(record.get("category") or default_category),
                 "definition": str(record.get("definition") or ""),
-                "dataset": str(record.get("dataset") or record.get("task") or file.stem)})
+                "dataset": str(record.get("dataset") or record.get("task") or file.stem),
+                "splits": {}})
             inst_id = record.get("id")
             group["instances"].append(Instance(
                 id=str(inst_id) if inst_id is not None else f"{name}-{len(group['instances'])}",
                 input=text, outputs=refs, options=options))
+            split = SPLIT_NAMES.get(str(record.get("split", "")).lower()) or split_of(file)
+            if split:
+                group["splits"][group["instances"][-1].id] = split
     tasks = []
     for name, g in groups.items():
         classify = all(i.options for i in g["instances"])
         tasks.append(Task(name=name, benchmark=benchmark, category=g["category"],
                           definition=g["definition"], instances=g["instances"],
                           metric="accuracy" if classify else "rouge_l", dataset=g["dataset"],
-                          source=g["source"]))
+                          source=g["source"], meta={"instance_splits": g["splits"]}))
     return tasks
 
 

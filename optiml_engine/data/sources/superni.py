@@ -128,15 +128,21 @@ def _instance(rec: object, index: int, task: str, where: str,
 
 
 def read_split_file(path: Path) -> list[str]:
-    """Task names listed in a Super-NI split file (`train_tasks.txt` / `test_tasks.txt`)."""
+    """Task names listed in a Super-NI split file (`train_tasks.txt` / `test_tasks.txt` /
+    `excluded_tasks.txt`)."""
     lines = read_text(path, "check the split file").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
+SPLITS = ("train", "test", "excluded")  # a task listed in several: the last wins
+
+
 def find_split_files(root: Path) -> dict[str, Path]:
-    """`train`/`test` split files of a checkout (`splits/default/`), or beside the task files."""
+    """`train`/`test`/`excluded` split files of a checkout (`splits/default/`), or beside the
+    task files. `excluded_tasks.txt` lists the tasks built from the same data source as a test
+    task; they are in neither the train nor the test split."""
     found = {}
-    for split in ("train", "test"):
+    for split in SPLITS:
         for candidate in (root / "splits" / "default" / f"{split}_tasks.txt",
                           root / f"{split}_tasks.txt", root.parent / "splits" / "default" /
                           f"{split}_tasks.txt"):
@@ -150,7 +156,8 @@ def load_superni(path: str | Path, split: str | None = None,
                  errors: list[tuple[str, str]] | None = None) -> list[Task]:
     """Task files at `path` (a file, a `tasks/` directory, or a checkout root holding `tasks/`).
 
-    When split files are found, each task's `meta["split"]` says `train`/`test`; `split` keeps
+    When split files are found, each task's `meta["split"]` says `train`/`test`/`excluded`;
+    `split` keeps
     only the tasks listed in that split. With an `errors` list, a bad file is recorded there as
     (file, message) and skipped instead of failing the whole load.
     """
