@@ -617,8 +617,8 @@ def report_markdown(doc: dict) -> str:
         f"{_fmt(f.get('train_engine_vs_hf'), '.2f', 'x')}; "
         f"{_fmt(f.get('train_packing_efficiency'), '.1%')} / "
         f"{_fmt(f.get('train_hf_padding_efficiency'), '.1%')}")
-    row("bf16 matmul 8192^3, measured here", _fmt(f.get("matmul_bf16_tflops"), ".0f",
-                                                  " TFLOP/s"))
+    row("bf16 matmul 8192^3, measured here" + (" (a dry run: 512^3 fp32)" if dry else ""),
+        _fmt(f.get("matmul_bf16_tflops"), ".3g", " TFLOP/s"))
     row(f"{f.get('nccl_backend') or 'nccl'}, 1-rank group: collectives / engine step / "
         "equals the step without a group",
         f"{_fmt(f.get('nccl_collectives_ok'))} / {_fmt(f.get('nccl_engine_step_ok'))} / "
