@@ -42,8 +42,9 @@ bench:  # after `make install`; figures go to docs/benchmarks.md by hand, with t
 	$(PYTHON) tools/bench_kernels.py adamw
 	OMP_NUM_THREADS=1 $(PYTHON) tools/bench_parallel.py
 
-gpu-check:  # on a GPU machine after `make install`: kernel tests at real sizes, then the figures
-	$(PYTHON) -m pytest -q tests/kernels tests/model
-	$(PYTHON) tools/bench_kernels.py attention --out bench_out/kernels
-	$(PYTHON) tools/bench_kernels.py cross-entropy --out bench_out/kernels
-	$(PYTHON) tools/bench_kernels.py adamw --out bench_out/kernels
+# On a GPU machine, as it is (no install, no network): builds the extensions in place, runs the
+# GPU tests at real sizes and measures the kernels, a training step and NCCL, under 8 minutes;
+# figures in $(GPU_CHECK_OUT)/gpu_check.{json,md}. `make gpu-check GPU_CHECK_ARGS=--dry-run`: CPU.
+GPU_CHECK_OUT ?= $(or $(OUT),gpu_check_out)
+gpu-check:
+	PYTHON=$(PYTHON) bash tools/gpu_check.sh $(GPU_CHECK_ARGS) $(GPU_CHECK_OUT)

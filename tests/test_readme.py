@@ -38,7 +38,7 @@ HOW = {
     "optiml plan recipes/opt-iml-30b.yaml --gpus 64": ([], {}),
     "optiml bench --help": ([], {}),
     "optiml bench packing --quick": ([], {}),
-    "make gpu-check": (SKIP, "needs a GPU (the kernel tests at real sizes)"),
+    "make gpu-check": (SKIP, "needs a GPU; its CPU dry run is tests/tools/test_gpu_check.py"),
     "tensorboard --logdir runs/demo/tb": (SKIP, "a server that never exits: the test checks the "
                                           "event files it would show instead"),
 }

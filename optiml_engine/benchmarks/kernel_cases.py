@@ -2,10 +2,13 @@
 
 Each `*_cases` function returns {backend name: zero-argument callable running one forward +
 backward (or one optimizer step)}, built only from backends that can run on the device.
+`interpret=True` also builds the Triton cases on a CPU (under TRITON_INTERPRET=1: the GPU
+check's dry run, which proves the plumbing, not the speed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -40,7 +43,8 @@ def causal_flops(lengths_per_row: list[list[int]], heads: int, head_dim: int) ->
     return 3.5 * fwd
 
 
-def attention_cases(batch, seq, heads, head_dim, n_examples, dtype, device, dropout_p=0.0):
+def attention_cases(batch, seq, heads, head_dim, n_examples, dtype, device, dropout_p=0.0,
+                    interpret=False):
     lengths = [example_lengths(seq, n_examples, seed=b) for b in range(batch)]
     doc_ids = torch.stack([torch.repeat_interleave(torch.arange(len(r)), torch.tensor(r))
                            for r in lengths]).to(device)
@@ -56,29 +60,40 @@ def attention_cases(batch, seq, heads, head_dim, n_examples, dtype, device, drop
         return step
 
     cases = {"sdpa_masked": run(lambda: sdpa_attention(q, k, v, doc_ids, dropout_p=dropout_p))}
+    dev = torch.device(device)
+    # On a GPU the per-example baseline is SDPA's flash backend (what flash-attention users get).
+    flash = dev.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
 
     def per_example():
         """What a user without packing support does: each example alone, unpadded."""
         outs = []
-        for b, row in enumerate(lengths):
-            start = 0
-            for n in row:
-                sl = [t[b:b + 1, start:start + n].transpose(1, 2) for t in (q, k, v)]
-                outs.append(F.scaled_dot_product_attention(*sl, is_causal=True,
-                                                           dropout_p=dropout_p))
-                start += n
+        with sdpa_flash() if flash else contextlib.nullcontext():
+            for b, row in enumerate(lengths):
+                start = 0
+                for n in row:
+                    sl = [t[b:b + 1, start:start + n].transpose(1, 2) for t in (q, k, v)]
+                    outs.append(F.scaled_dot_product_attention(*sl, is_causal=True,
+                                                               dropout_p=dropout_p))
+                    start += n
         return torch.cat([o.transpose(1, 2).reshape(-1) for o in outs])
 
     cases["sdpa_per_example"] = lambda: (
         [setattr(t, "grad", None) for t in (q, k, v)],
         per_example().backward(grad.reshape(-1)),
     )
-    dev = torch.device(device)
     for backend in ("triton", "flash_attn"):
-        if dev.type == "cuda" and dispatch.backend_available(backend, dev)[0]:
+        if (dev.type == "cuda" or interpret and backend == "triton") and \
+                dispatch.backend_available(backend, dev)[0]:
             cases[backend] = run(lambda b=backend: attention(q, k, v, doc_ids, backend=b,
                                                              dropout_p=dropout_p))
     return cases, causal_flops(lengths, heads, head_dim)
+
+
+def sdpa_flash():
+    """SDPA restricted to its flash backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
 
 
 # --- cross-entropy -----------------------------------------------------------------------------
@@ -114,9 +129,9 @@ def cross_entropy_variant(name, h, w, targets, mask):
     return loss
 
 
-def cross_entropy_variants(device) -> list[str]:
+def cross_entropy_variants(device, interpret=False) -> list[str]:
     names = ["torch_unfused", "torch_fused_grad", "linear_ce_chunk512", "linear_ce_chunk1024"]
-    if torch.device(device).type == "cuda":
+    if torch.device(device).type == "cuda" or interpret:
         names += ["triton", "linear_ce_triton_chunk4096"]
     return names
 
@@ -132,7 +147,7 @@ def opt_layer_shapes(hidden: int, layers: int, vocab: int, positions: int) -> li
     return [(vocab, hidden), (positions, hidden)] + per_layer * layers + [(hidden,), (hidden,)]
 
 
-def adamw_cases(shapes, param_dtype, device):
+def adamw_cases(shapes, param_dtype, device, interpret=False):
     from optiml_engine.kernels.adamw import adamw_step
 
     params = [torch.randn(s, device=device).to(param_dtype) for s in shapes]
@@ -145,7 +160,7 @@ def adamw_cases(shapes, param_dtype, device):
     cases = {}
     for backend in ("loop", "foreach", "torch_fused", "triton", "cuda", "apex"):
         if backend == "loop" or dispatch.backend_available(backend, dev)[0]:
-            if backend == "triton" and dev.type != "cuda":
+            if backend == "triton" and dev.type != "cuda" and not interpret:
                 continue  # the interpreter is a test tool, not a backend to time
             cases[backend] = (lambda b=backend: adamw_step(params, grads, m, v, masters,
                                                            backend=b, **hp))

@@ -56,17 +56,25 @@ def machine() -> str:
            f"{torch.__version__}"
 
 
-def bench_attention(quick: bool) -> list[dict]:
+# The issue's GPU sizes, then the cost of attention dropout at one of them:
+# (batch, seq, heads, head dim, examples per row, dtype, dropout).
+GPU_ATTENTION = [(4, 2048, 16, d, 8, "bf16", 0.0) for d in (64, 80, 128)] + \
+    [(4, 2048, 16, 64, 8, "bf16", 0.1)]
+
+
+def bench_attention(quick: bool, configs: list[tuple] | None = None,
+                    interpret: bool = False) -> list[dict]:
+    """`configs`: rows as in GPU_ATTENTION (default: those on a GPU, small ones on a CPU);
+    `interpret`: time the Triton kernel on a CPU too (TRITON_INTERPRET=1, a dry run)."""
     device, rows = ("cuda", []) if GPU else ("cpu", [])
-    if GPU:  # the issue's sizes, then the cost of attention dropout at one of them
-        configs = [(4, 2048, 16, d, 8, "bf16", 0.0) for d in (64, 80, 128)]
-        configs.append((4, 2048, 16, 64, 8, "bf16", 0.1))
-    else:
+    if configs is None and GPU:
+        configs = GPU_ATTENTION
+    elif configs is None:
         configs = [(1, 1024, 4, 64, 8, "fp32", 0.0)] if quick else \
             [(1, 1024, 4, d, 8, "fp32", 0.0) for d in (64, 80)] + [(1, 2048, 4, 64, 8, "fp32", 0.0)]
     for batch, seq, heads, dim, n_ex, dtype, drop in configs:
         fns, flops = cases.attention_cases(batch, seq, heads, dim, n_ex, DTYPES[dtype], device,
-                                           dropout_p=drop)
+                                           dropout_p=drop, interpret=interpret)
         for backend, fn in fns.items():
             ms = time_ms(fn, quick=quick)
             rows.append(dict(kernel="attention", backend=backend, shape=f"B{batch} S{seq} H{heads}"
@@ -93,14 +101,17 @@ def _ce_peak_child(variant, tokens, vocab, hidden, dtype, targets, queue):
     queue.put((rss("VmHWM:") - base, (time.perf_counter() - start) * 1e3))
 
 
-def bench_cross_entropy(quick: bool, tokens: int | None = None, targets: float = 0.7) -> list[dict]:
+def bench_cross_entropy(quick: bool, tokens: int | None = None, targets: float = 0.7,
+                        hidden: int | None = None, vocab: int = 50272,
+                        interpret: bool = False) -> list[dict]:
+    """`interpret`: the Triton variants on a CPU too (TRITON_INTERPRET=1, a dry run)."""
     rows = []
     if GPU:
-        tokens, vocab, hidden, dtype = tokens or 16384, 50272, 2048, "bf16"
+        tokens, hidden, dtype = tokens or 16384, hidden or 2048, "bf16"
     else:
-        tokens, vocab, hidden, dtype = tokens or (512 if quick else 4096), 50272, 768, "fp32"
+        tokens, hidden, dtype = tokens or (512 if quick else 4096), hidden or 768, "fp32"
     shape = f"{tokens} tok ({targets:.0%} targets) x {vocab} vocab, hidden {hidden}, {dtype}"
-    for variant in cases.cross_entropy_variants("cuda" if GPU else "cpu"):
+    for variant in cases.cross_entropy_variants("cuda" if GPU else "cpu", interpret):
         if GPU:
             inputs = cases.cross_entropy_inputs(tokens, vocab, hidden, DTYPES[dtype], "cuda",
                                                 target_fraction=targets)
@@ -130,15 +141,20 @@ def bench_cross_entropy(quick: bool, tokens: int | None = None, targets: float =
     return rows
 
 
-def bench_adamw(quick: bool) -> list[dict]:
-    if GPU:  # OPT-1.3B: hidden 2048, 24 layers
+def bench_adamw(quick: bool, layout: tuple | None = None, interpret: bool = False) -> list[dict]:
+    """`layout`: (shapes, dtype, label) to time instead of the default one for the device;
+    `interpret`: the Triton backend on a CPU too (TRITON_INTERPRET=1, a dry run)."""
+    if layout is not None:
+        shapes, dtype, label = layout
+    elif GPU:  # OPT-1.3B: hidden 2048, 24 layers
         shapes, dtype, label = cases.opt_layer_shapes(2048, 24, 50272, 2050), "bf16", "OPT-1.3B"
     else:  # OPT-125m's tensor layout (12 layers) at width 256: ~13M params, 150 tensors
         layers, vocab = (2, 2048) if quick else (12, 8192)
         shapes, dtype, label = cases.opt_layer_shapes(256, layers, vocab, 2050), "fp32", \
             f"OPT layout, {layers} layers, width 256"
     rows = []
-    fns, n, bytes_moved = cases.adamw_cases(shapes, DTYPES[dtype], "cuda" if GPU else "cpu")
+    fns, n, bytes_moved = cases.adamw_cases(shapes, DTYPES[dtype], "cuda" if GPU else "cpu",
+                                            interpret)
     for backend, fn in fns.items():
         ms = time_ms(fn, quick=quick)
         rows.append(dict(kernel="adamw", backend=backend,

@@ -2,23 +2,42 @@
 
 Both train the same OPT dimensions on the same examples for the same number of optimizer steps,
 one after the other in one process, and report target tokens per second; the ratio is the
-figure of merit (padding wastes compute on pad tokens; packing does not).
+figure of merit (padding wastes compute on pad tokens; packing does not). On a GPU both run
+there: the engine in the recipe's precision, transformers with fp32 weights under autocast to
+that dtype and `AdamW(fused=True)`; `--hf-micro-batch N` splits each step's examples (in random
+order) into padded batches of N, as a plain loop with gradient accumulation would. MFU counts
+the work the step needs (dense layers on every example token, causal attention inside each
+example, the output projection on target tokens), x3 for forward + backward, over a peak rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import json
+import random
 import time
 
 import torch
 
+# The H200's bf16 matrix rate as measured in this workplace (KINDS.md: an 8192^3 bf16 product
+# through PyTorch, 769-798 TFLOP/s on random data); its datasheet says about 990 dense.
+H200_BF16_PEAK = 790e12
 
-def engine_throughput(recipe, steps: int, warmup: int) -> tuple[float, list]:
-    """Target tokens/s of the engine, and the micro-batches of every step it trained on."""
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def engine_throughput(recipe, steps: int, warmup: int) -> tuple[dict, list]:
+    """The engine's figures over the timed steps, and the micro-batches of every step."""
     from optiml_engine.training.trainer import Trainer
 
     trainer = Trainer(recipe, verbose=False)
     trainer.model.train()
+    pad_id = trainer.tokenizer.pad_id
     seen = []
     next_step = trainer.loader.next_step
 
@@ -27,15 +46,27 @@ def engine_throughput(recipe, steps: int, warmup: int) -> tuple[float, list]:
         return seen[-1]
 
     trainer.loader.next_step = recording_next_step
+    losses = []
     try:
         for _ in range(warmup):
             trainer.train_step()
-        tokens, start = 0.0, time.perf_counter()
+        _sync()
+        target, start = 0.0, time.perf_counter()
         for _ in range(steps):
-            tokens += trainer.train_step()["target_tokens"]
+            out = trainer.train_step()
+            target += out["target_tokens"]
+            losses.append(out["loss"])
+        _sync()
+        seconds = time.perf_counter() - start
     finally:
         trainer.close()  # gives back the grid (and a checkpoint.dir lock) it took
-    return tokens / (time.perf_counter() - start), seen
+    timed = [b for step in seen[warmup:] for b in step]
+    real = sum(float((b["tokens"] != pad_id).sum()) for b in timed)
+    capacity = sum(b["tokens"].numel() for b in timed)
+    return {"target_tokens_per_s": target / seconds, "tokens_per_s": real / seconds,
+            "seconds": seconds, "target_tokens": target, "tokens": real,
+            "packing_efficiency": real / capacity, "first_loss": losses[0],
+            "last_loss": losses[-1]}, seen
 
 
 def unpack(micro_batches) -> list[tuple[list[int], int]]:
@@ -65,11 +96,23 @@ def padded_batch(examples):
     return ids, mask, labels
 
 
-def hf_throughput(recipe, steps_examples, warmup: int) -> float:
-    """Target tokens/s of a plain transformers loop over the same examples, padded per step."""
+def hf_micro_batches(examples, micro_batch: int | None, seed: int) -> list[list]:
+    """The step's examples as padded batches: all in one, or `micro_batch` at a time in a
+    random order (a plain loader does not sort by length)."""
+    if not micro_batch:
+        return [examples]
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    return [order[i:i + micro_batch] for i in range(0, len(order), micro_batch)]
+
+
+def hf_throughput(recipe, steps_examples, warmup: int, micro_batch: int | None = None) -> dict:
+    """A plain transformers loop over the same examples, padded per (micro-)batch."""
     import transformers
 
     m = recipe.model
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision.dtype)
     torch.manual_seed(recipe.train.seed)
     config = transformers.OPTConfig(
         vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
@@ -77,18 +120,100 @@ def hf_throughput(recipe, steps_examples, warmup: int) -> float:
         max_position_embeddings=m.max_position_embeddings,
         word_embed_proj_dim=m.word_embed_proj_dim, do_layer_norm_before=m.pre_layer_norm,
         dropout=m.dropout)
-    model = transformers.OPTForCausalLM(config).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr, foreach=True)
-    tokens, start = 0.0, time.perf_counter()
+    with device:
+        model = transformers.OPTForCausalLM(config).train()
+    fused = dict(fused=True) if device.type == "cuda" else dict(foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr, **fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def autocast():
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    target = real = padded = 0.0
+    start = time.perf_counter()
     for i, examples in enumerate(steps_examples):
         if i == warmup:
-            tokens, start = 0.0, time.perf_counter()
-        ids, mask, labels = padded_batch(examples)
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-        opt.step()
+            _sync()
+            target = real = padded = 0.0
+            start = time.perf_counter()
+        batches = hf_micro_batches(examples, micro_batch, recipe.train.seed + i)
+        step_target = sum(n for _, n in examples)
+        for batch in batches:
+            ids, mask, labels = (t.to(device) for t in padded_batch(batch))
+            n_target = sum(n for _, n in batch)
+            with autocast():
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            # HF's loss is this batch's mean; weight it so the step's gradient is the mean over
+            # the whole step's target tokens, as the engine's is.
+            scaler.scale(loss * (n_target / step_target)).backward()
+            padded += ids.numel()
+            real += sum(len(t) for t, _ in batch)
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
-        tokens += float((labels != -100).sum())
-    return tokens / (time.perf_counter() - start)
+        target += step_target
+    _sync()
+    seconds = time.perf_counter() - start
+    del model, opt
+    return {"target_tokens_per_s": target / seconds, "tokens_per_s": real / seconds,
+            "seconds": seconds, "target_tokens": target, "tokens": real,
+            "padding_efficiency": real / padded if padded else None}
+
+
+def step_flops(model_cfg, examples) -> float:
+    """FLOPs the examples need, forward + backward (3x the forward): every token through the
+    dense layers, causal attention inside each example, logits of target tokens only."""
+    h, layers, ffn, vocab = (model_cfg.hidden_size, model_cfg.num_layers,
+                             model_cfg.ffn_hidden_size, model_cfg.vocab_size)
+    tokens = sum(len(ids) for ids, _ in examples)
+    targets = sum(n for _, n in examples)
+    dense = 2 * layers * (4 * h * h + 2 * h * ffn) * tokens  # QKV + out, fc1 + fc2
+    attn = sum(4 * layers * h * n * (n + 1) / 2 for n in (len(ids) for ids, _ in examples))
+    head = 2 * vocab * h * targets
+    return 3.0 * (dense + attn + head)
+
+
+def matmul_tflops() -> float:
+    """The measured bf16 matrix rate of this GPU (an 8192^3 product; 512^3 fp32 on a CPU)."""
+    if not torch.cuda.is_available():
+        a, b = torch.randn(512, 512), torch.randn(512, 512)
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        return 5 * 2 * 512**3 / (time.perf_counter() - start) / 1e12
+    n = 8192
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 10 * 2 * n**3 / (begin.elapsed_time(end) / 1e3) / 1e12
+
+
+def measure(recipe, steps: int, warmup: int, hf_micro_batch: int | None = None,
+            peak: float = H200_BF16_PEAK) -> dict:
+    """Engine and transformers on the same examples, both over the same timed steps."""
+    engine, seen = engine_throughput(recipe, steps, warmup)
+    gc.collect()  # the engine's model and optimizer go before transformers builds its own
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    steps_examples = [unpack(step) for step in seen]
+    hf = hf_throughput(recipe, steps_examples, warmup, hf_micro_batch)
+    timed = [e for step in steps_examples[warmup:] for e in step]
+    flops = step_flops(recipe.model, timed)
+    engine["mfu"] = flops / engine["seconds"] / peak
+    hf["mfu"] = flops / hf["seconds"] / peak
+    return {"engine": engine, "transformers": hf,
+            "ratio": engine["target_tokens_per_s"] / hf["target_tokens_per_s"],
+            "model_flops": flops, "peak_flops": peak,
+            "examples_per_step": len(timed) / steps, "steps": steps, "warmup": warmup,
+            "hf_micro_batch": hf_micro_batch}
 
 
 # --quick: the embedded synthetic set (no bench to build), small steps, 2 timed after 1.
@@ -107,6 +232,10 @@ def main(argv=None) -> int:
                         help="timed optimizer steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--hf-micro-batch", type=int, default=None,
+                        help="transformers: examples per padded batch (default: a step's "
+                        "examples in one batch)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run of seconds: 2 steps after 1, with {' '.join(QUICK)}")
     parser.add_argument("overrides", nargs="*", help="section.key=value recipe overrides")
@@ -115,15 +244,22 @@ def main(argv=None) -> int:
         args.steps, args.warmup, args.overrides = 2, 1, [*QUICK, *args.overrides]
     recipe = load_recipe(args.recipe, [*args.overrides, "model.dropout=0.0",
                                        "checkpoint.dir=null", "logging.dir=null"])
-    engine_tps, seen = engine_throughput(recipe, args.steps, args.warmup)
-    steps_examples = [unpack(step) for step in seen]
-    hf_tps = hf_throughput(recipe, steps_examples, args.warmup)
-    per_step = sum(len(e) for e in steps_examples) / len(steps_examples)
-    print(f"threads {torch.get_num_threads()} | model {recipe.model.hidden_size}d x "
+    figures = measure(recipe, args.steps, args.warmup, args.hf_micro_batch)
+    engine, hf = figures["engine"], figures["transformers"]
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f"threads {torch.get_num_threads()}"
+    print(f"{where} | model {recipe.model.hidden_size}d x "
           f"{recipe.model.num_layers} layers | {recipe.train.global_batch_size} packed samples of "
-          f"{recipe.data.seq_length} tokens/step = {per_step:.0f} examples, padded per step for "
+          f"{recipe.data.seq_length} tokens/step = {figures['examples_per_step']:.0f} examples, "
+          f"padded per {f'batch of {mb}' if (mb := args.hf_micro_batch) else 'step'} for "
           f"transformers | {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"engine (packed):        {engine_tps:10.0f} target tokens/s")
-    print(f"transformers (padded):  {hf_tps:10.0f} target tokens/s")
-    print(f"ratio engine / transformers: {engine_tps / hf_tps:.2f}x")
+    print(f"engine (packed):        {engine['target_tokens_per_s']:10.0f} target tokens/s")
+    print(f"transformers (padded):  {hf['target_tokens_per_s']:10.0f} target tokens/s")
+    print(f"ratio engine / transformers: {figures['ratio']:.2f}x")
+    if torch.cuda.is_available():
+        print(f"MFU (vs {H200_BF16_PEAK / 1e12:.0f} TFLOP/s): engine {engine['mfu']:.1%}, "
+              f"transformers {hf['mfu']:.1%}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
     return 0

@@ -26,3 +26,27 @@ def gpu_case(head_dim, seed):
     doc_ids = doc_ids_from_lengths([GPU_LENGTHS, GPU_LENGTHS[::-1]])
     q, k, v = qkv(2, 2048, 4, head_dim, torch.bfloat16, seed=seed)
     return doc_ids, q, k, v, torch.randn_like(q)
+
+
+def instruction_rows(n_rows, seq, seed):
+    """Rows of `seq` tokens filled with examples of the instruction-like length profile of
+    benchmarks/packing.py (log-normal body, median 120; 5% spread up to `seq`; written out here
+    so that these tests need no compiled packer), in the order drawn while they fit; what is
+    left of a row is one padding run with an id of its own."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_rows):
+        body = rng.lognormal(mean=np.log(120), sigma=0.8, size=512)
+        tail = rng.uniform(300, seq, size=512)
+        drawn = np.clip(np.where(rng.random(512) < 0.05, tail, body).astype(np.int64), 4, seq)
+        lengths, room = [], seq
+        for n in drawn.tolist():
+            if n <= room:
+                lengths.append(n)
+                room -= n
+            if room < 4:
+                break
+        rows.append(lengths + ([room] if room else []))
+    return rows

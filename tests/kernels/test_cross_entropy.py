@@ -169,6 +169,31 @@ def test_real_vocab_on_gpu():
     torch.testing.assert_close(logits.grad.float(), ref_grad, atol=2e-3, rtol=2e-2)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_at_16k_tokens_x_50272_on_gpu(dtype):
+    """The issue's size (16k tokens of OPT's vocabulary, 70% targets) against F.cross_entropy
+    on fp32 logits: the loss to fp32 summation order, the gradient to one rounding to the
+    logits' dtype, exactly zero off target."""
+    n, vocab = 16384, 50272
+    g = torch.Generator(device="cuda").manual_seed(5)
+    logits = (3 * torch.randn(n, vocab, device="cuda", generator=g)).to(dtype)
+    logits.requires_grad_()
+    targets = torch.randint(0, vocab, (n,), device="cuda", generator=g)
+    loss_mask = torch.rand(n, device="cuda", generator=g) < 0.7
+    loss = masked_cross_entropy(logits, targets, loss_mask, backend="triton")
+    loss.backward()
+    x = logits.detach().float().requires_grad_()
+    ref = (F.cross_entropy(x, targets, reduction="none") * loss_mask.float()).sum()
+    ref.backward()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == dtype
+    torch.testing.assert_close(loss, ref.detach(), atol=0.0, rtol=1e-5)
+    rounding = 2**-8 + 1e-5 if dtype == torch.bfloat16 else 1e-5  # + the fp32 differences
+    torch.testing.assert_close(logits.grad.float(), x.grad, atol=1e-9, rtol=rounding)
+    assert logits.grad[~loss_mask].abs().max() == 0.0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="an interpreter test: host memory only")
 def test_rows_past_2_31_elements_under_the_interpreter():
     """row * row_stride in int64: three bf16 rows 2**30 + 2**20 apart, the last past 2**31."""

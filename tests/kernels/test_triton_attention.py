@@ -2,7 +2,16 @@
 
 import pytest
 import torch
-from attention_inputs import BLOCK, DEVICE, ROWS, doc_ids_from_lengths, gpu_case, qkv
+import torch.nn.functional as F
+from attention_inputs import (
+    BLOCK,
+    DEVICE,
+    ROWS,
+    doc_ids_from_lengths,
+    gpu_case,
+    instruction_rows,
+    qkv,
+)
 
 from optiml_engine.kernels.attention import attention, sdpa_attention
 from optiml_engine.kernels.segments import segment_bounds
@@ -26,6 +35,25 @@ def run_reference(q, k, v, doc_ids, grad_out):
     return out.detach(), [t.grad for t in ref]
 
 
+def run_per_example_reference(q, k, v, rows, grad_out):
+    """fp32 SDPA run on each example alone (causal, unpadded), as a user without packing
+    would; the rows' examples laid back in place."""
+    ref = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    out_rows = []
+    for b, lengths in enumerate(rows):
+        pieces, start = [], 0
+        for n in lengths:
+            sl = [t[b:b + 1, start:start + n].transpose(1, 2) for t in ref]
+            pieces.append(F.scaled_dot_product_attention(*sl, is_causal=True).transpose(1, 2))
+            start += n
+        out_rows.append(torch.cat(pieces, dim=1))
+    out = torch.cat(out_rows, dim=0)
+    out.backward(grad_out.float())
+    return out.detach(), [t.grad for t in ref]
+
+
+def relative_error(got, want):
+    return ((got.float() - want).norm() / want.norm()).item()
 
 
 @pytest.mark.parametrize("dtype,head_dim,with_docs", [
@@ -127,6 +155,28 @@ def test_real_size_on_gpu(head_dim):
     torch.testing.assert_close(out.float(), ref_out, atol=2e-2, rtol=2e-2)
     for got, want in zip((q.grad, k.grad, v.grad), ref_grads, strict=True):
         torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("head_dim", [64, 80, 128])  # OPT-1.3B, OPT-2.7B, OPT-6.7B and up
+def test_opt_shapes_against_sdpa_per_example_on_gpu(head_dim):
+    """OPT's attention shape (32 heads), two bf16 rows of 2048 tokens packed with examples of an
+    instruction-like length profile, autotuned tiles, against fp32 SDPA on each example."""
+    rows = instruction_rows(2, 2048, seed=head_dim)
+    doc_ids = doc_ids_from_lengths(rows)
+    q, k, v = qkv(2, 2048, 32, head_dim, torch.bfloat16, seed=head_dim)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q)
+    out = attention(q, k, v, doc_ids, backend="triton")
+    out.backward(grad_out)
+    ref_out, ref_grads = run_per_example_reference(q, k, v, rows, grad_out)
+    for name, got, want in zip(["out", "dq", "dk", "dv"], [out.detach(), q.grad, k.grad, v.grad],
+                               [ref_out, *ref_grads], strict=True):
+        assert got.dtype == torch.bfloat16 and got.shape == want.shape
+        assert torch.isfinite(got).all(), name
+        assert relative_error(got, want) < 1e-2, (name, relative_error(got, want))
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.float(), want, atol=2e-2 * scale, rtol=2e-2, msg=name)
 
 
 def test_autotuned_tiles_match_sdpa_forward_and_backward():
