@@ -32,6 +32,7 @@ from optiml_engine.errors import OptimlError
 from optiml_engine.kernels import dispatch
 from optiml_engine.model.meta_init import build_local_model
 from optiml_engine.optim.schedule import lr_at
+from optiml_engine.training.cpu_alloc import keep_freed_memory
 from optiml_engine.training.engine import Engine
 from optiml_engine.training.logger import MetricsLogger
 from optiml_engine.training.resume import incompatibility
@@ -59,6 +60,8 @@ class Trainer:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            keep_freed_memory()  # glibc reuses a step's freed blocks (training/cpu_alloc.py)
         p = recipe.parallel
         self.owns_grid = not state.is_initialized()
         # A process group that was there before (a test's, a sweep's) outlives this run.
