@@ -16,6 +16,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from optiml_engine.distributed.integrity import META
 from optiml_engine.errors import OptimlError
 
 LOCK = ".lock"
@@ -100,7 +101,7 @@ def clean_leftovers(directory: str | Path, warn=print) -> list[str]:
             done.append(f"restored {target.name}")
     for p in sorted(directory.iterdir()):
         stale = p.name.startswith((".tmp-", ".trash-", ".old-step_")) or (
-            p.name.startswith("step_") and p.is_dir() and not (p / "meta.json").is_file())
+            p.name.startswith("step_") and p.is_dir() and not (p / META).is_file())
         if stale and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
             done.append(f"removed {p.name}")

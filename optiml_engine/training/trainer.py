@@ -92,7 +92,7 @@ class Trainer:
         c = self.recipe.checkpoint
         if c.dir:  # the run owns its directory from here on
             self.lock = DirectoryLock(c.dir, self.run_id, warn=self.logger.info)
-            on_rank0(lambda: (self.lock.acquire(), clean_leftovers(c.dir, self.logger.info)))
+            on_rank0(self._take_directory)
         load_path = self.find_checkpoint()
         self.engine = self.build_engine(resuming=load_path is not None)
         self.model = self.engine.model
@@ -113,6 +113,11 @@ class Trainer:
         self.logger.info(f"layout tp {g.tp} x pp {g.pp} x dp {g.dp} | "
                          f"{self.engine.num_parameters() / 1e6:.2f}M parameters "
                          f"({recipe.precision.dtype}) | {self.loader.describe()}")
+
+    def _take_directory(self) -> None:
+        """Lock checkpoint.dir, then remove what dead runs left in it (global rank 0)."""
+        self.lock.acquire()
+        clean_leftovers(self.recipe.checkpoint.dir, self.logger.info)
 
     def find_checkpoint(self) -> Path | None:
         """checkpoint.load resolved: `latest` passes over incomplete or corrupt checkpoints

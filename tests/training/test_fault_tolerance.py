@@ -118,17 +118,23 @@ def test_leftovers_of_dead_runs_are_cleaned_and_an_interrupted_replace_undone(
     assert sorted(p.name for p in ck.iterdir()) == ["step_0000001"]
 
 
-def test_a_step_on_disk_survives_a_failed_resave(tiny_recipe, tmp_path, monkeypatch):
+def test_a_step_on_disk_survives_a_resave_killed_at_its_last_rename(tiny_recipe, tmp_path,
+                                                                     monkeypatch):
+    """Re-saving a step that exists: killed when the new copy is complete but not yet in place,
+    the old one is still on disk, and the next start puts it back."""
     trainer = Trainer(tiny_recipe("train.steps=1", f"checkpoint.dir={tmp_path}"), verbose=False)
     trainer.fit()
     before = weights(trainer)
     trainer.train_step()
     trainer.step = 1  # the same step name again
+    rename = Path.rename
 
-    def die(*args, **kwargs):
-        raise KeyboardInterrupt
+    def die_on_the_new_copy(self, target):
+        if self.name.startswith(".tmp-"):
+            raise KeyboardInterrupt
+        return rename(self, target)
 
-    monkeypatch.setattr(ckpt.dcp, "save", die)
+    monkeypatch.setattr(Path, "rename", die_on_the_new_copy)
     with pytest.raises(KeyboardInterrupt):
         trainer.save()
     monkeypatch.undo()
