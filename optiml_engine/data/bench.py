@@ -106,7 +106,7 @@ def _read_source(src: SourceConfig, skipped: list[Skipped], limits) -> list[Task
     for unit in units:
         try:
             tasks.extend(load_tasks(unit, src.format, benchmark=src.name, seed=src.seed,
-                                    limits=limits))
+                                    limits=limits, task_per=src.task_per))
         except OptimlError as err:
             if src.on_error == "fail":
                 raise

@@ -11,6 +11,9 @@ default_cap: 100000             # instances per task (FLAN sources: cap: 30000)
 sources:
   - {name: superni, format: superni, path: ${SUPERNI_DIR}, required: true}
   - {name: flan, format: flan, path: flan/, cap: 30000, on_error: skip}
+  - {name: promptsource, format: promptsource, path: ps/, task_per: dataset}
+                                # task_per: template (P3: one task per template), or dataset
+                                # (§4.1: a dataset's templates merged, one drawn per record)
   - {name: superni, format: synthetic, seed: 0, instances_per_task: 200}
 categories:                     # non-Super-NI tasks: task name, then dataset, then benchmark
   flan_rte: Textual Entailment
@@ -55,6 +58,7 @@ from pathlib import Path
 
 from ..errors import OptimlError, parse_yaml, read_text
 from .sources import FORMATS, TemplateLimits
+from .sources.promptsource import TASK_PER
 
 SOURCE_FORMATS = (*FORMATS, "synthetic", "text")
 DEFAULT_CAP = 100_000
@@ -74,6 +78,7 @@ class SourceConfig:
     seed: int = 0  # synthetic generator seed / FLAN pattern choice
     instances_per_task: int = 200  # synthetic
     num_tasks: int | None = None  # synthetic
+    task_per: str = "template"  # promptsource: a task is a template, or a dataset (§4.1)
 
 
 @dataclass
@@ -162,6 +167,11 @@ def _source(d: object, i: int, base: Path) -> SourceConfig:
     if path:
         path = base / _expand(path)
     cap = _typed(d, "cap", int, None, where)
+    task_per = _choice(_typed(d, "task_per", str, "template", where), TASK_PER,
+                       f"{where}.task_per")
+    if "task_per" in d and fmt != "promptsource":
+        raise OptimlError(f"{where}.task_per", f"applies to promptsource sources, not {fmt}",
+                          "remove it (FLAN tasks are always one per dataset)")
     return SourceConfig(
         name=name, format=fmt, path=Path(path) if path else None, cap=cap,
         required=_typed(d, "required", bool, True, where),
@@ -169,7 +179,7 @@ def _source(d: object, i: int, base: Path) -> SourceConfig:
                          f"{where}.on_error"),
         split=_typed(d, "split", str, None, where), seed=_typed(d, "seed", int, 0, where),
         instances_per_task=_typed(d, "instances_per_task", int, 200, where),
-        num_tasks=_typed(d, "num_tasks", int, None, where))
+        num_tasks=_typed(d, "num_tasks", int, None, where), task_per=task_per)
 
 
 _VARIABLE = re.compile(r"\$(\w+)|\$\{([^}]*)\}")

@@ -82,11 +82,13 @@ def write_collection(root: Path, scale: int = 1) -> Path:
         "sst2": [["{sentence} Positive or negative? {options_}", "{answer}"],
                  ["Sentence: {sentence} Sentiment? {options_}", "{answer}"]],
         "squad_v1": [["{context} Q: {question}", "{answer}"]]}))
-    _jsonl(flan / "sst2" / "train.jsonl", [{"sentence": sentence(i, salt="fs"), "options": ["negative",
-                                  "positive"], "answer": ["negative", "positive"][i % 2]}
-                                 for i in range(n(20))])
-    _jsonl(flan / "squad_v1" / "train.jsonl", [{"context": sentence(i, salt="fq"), "question": "what?",
-                                      "answer": f"ans{i}"} for i in range(n(10))])
+    labels = ["negative", "positive"]
+    _jsonl(flan / "sst2" / "train.jsonl",
+           [{"sentence": sentence(i, salt="fs"), "options": labels, "answer": labels[i % 2]}
+            for i in range(n(20))])
+    _jsonl(flan / "squad_v1" / "train.jsonl",
+           [{"context": sentence(i, salt="fq"), "question": "what?", "answer": f"ans{i}"}
+            for i in range(n(10))])
     for bench, tasks in (("crossfit", [("acronym_identification", "Named Entity Recognition", 10),
                                        ("emo", "Sentiment Analysis", 6)]),
                          ("exmix", [("gpt2_deepfake_detection", "Text Categorization", 8)]),

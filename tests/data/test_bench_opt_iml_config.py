@@ -55,7 +55,9 @@ def test_opt_iml_config_builds_on_a_miniature_layout(tmp_path, monkeypatch):
     tasks = {t["name"]: t for t in manifest["tasks"]}
     assert tasks["flan_rte"]["split"] == "heldout_category"  # Textual Entailment
     assert tasks["task9002_fixture_capital_answer"]["split"] == "heldout_task"  # official test
-    assert tasks["imdb_polarity_question"]["category"] == "Sentiment Analysis"
+    # PromptSource: the dataset's templates merged into one task (Table 1, §4.1)
+    assert tasks["imdb"]["category"] == "Sentiment Analysis"
+    assert not any(name.startswith("imdb_") for name in tasks)
     assert tasks["unifiedskg_wikitq"]["category"] == "Question Answering"
     assert set(manifest["benchmarks"]) == {"superni", "promptsource", "flan", "crossfit", "exmix",
                                            "t5", "unifiedskg", "reasoning", "dialogue"}
