@@ -34,6 +34,7 @@ from .consolidate import (
     map_categories,
 )
 from .leakage import find_leaks, find_task_leaks
+from .prompt_config import apply_instructions
 from .prompts import fit_to_length, render
 from .sources import load_tasks
 from .sources.common import expand
@@ -58,7 +59,8 @@ def tokenize_pairs(pairs: list[tuple[str, str]], tokenizer, max_tokens: int
 def _code_fingerprint() -> str:
     here = Path(__file__).parent
     names = ["synthetic.py", "synthetic_specs.py", "prompts.py", "bench.py", "consolidate.py",
-             "bench_store.py", "leakage.py"]
+             "bench_store.py", "leakage.py", "prompt_config.py", "sources/promptsource.py",
+             "sources/records.py", "sources/seq2seq.py"]
     return hashlib.sha256(b"".join((here / n).read_bytes() for n in names)).hexdigest()
 
 
@@ -79,7 +81,8 @@ def input_fingerprint(cfg: BenchConfig) -> str:
     return h.hexdigest()
 
 
-def _read_source(src: SourceConfig, skipped: list[Skipped], limits) -> list[Task]:
+def _read_source(src: SourceConfig, skipped: list[Skipped], limits, cot_target: str
+                 ) -> list[Task]:
     if src.format == "synthetic":
         from .synthetic import synthetic_tasks
 
@@ -106,7 +109,8 @@ def _read_source(src: SourceConfig, skipped: list[Skipped], limits) -> list[Task
     for unit in units:
         try:
             tasks.extend(load_tasks(unit, src.format, benchmark=src.name, seed=src.seed,
-                                    limits=limits, task_per=src.task_per))
+                                    limits=limits, task_per=src.task_per,
+                                    cot_target=cot_target))
         except OptimlError as err:
             if src.on_error == "fail":
                 raise
@@ -120,7 +124,7 @@ def read_all(cfg: BenchConfig) -> tuple[list[Task], list[Skipped], dict[str, int
     capped: dict[str, int] = {}
     for src in cfg.sources:
         cap = src.cap or (FLAN_TASK_CAP if src.format == "flan" else cfg.default_cap)
-        for task in _read_source(src, skipped, cfg.templates):
+        for task in _read_source(src, skipped, cfg.templates, cfg.prompts.reasoning_target):
             dropped = cap_instances(task, cap, cfg.seed)
             if dropped:
                 capped[task.name] = dropped
@@ -201,8 +205,8 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
             held = set(result.eval_ids[task.name])
             split = result.split[task.name]
             train = [i for i in task.instances if i.id not in held] if split == TRAIN else []
-            pairs = [render(task, inst, shots=cfg.train_shots, seed=cfg.seed, pool=train)
-                     for inst in train]
+            pairs = [render(task, inst, shots=cfg.train_shots, seed=cfg.seed, pool=train,
+                            style=cfg.prompts.style) for inst in train]
             offset = len(writer.rows)
             for src, tgt in tokenize_pairs(pairs, tokenizer, cfg.max_example_tokens):
                 writer.add(t_index, src, tgt)
@@ -234,6 +238,7 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
         "seed": cfg.seed, "tokenizer": cfg.tokenizer, "vocab_size": tokenizer.vocab_size,
         "max_example_tokens": cfg.max_example_tokens, "train_shots": cfg.train_shots,
         "max_eval_instances": cfg.held_out.max_eval_instances,
+        "prompts": cfg.prompts.style.to_dict(),  # PromptStyle.from_dict renders alike
         "held_out_categories": cfg.held_out.categories, "benchmarks": benchmarks,
         "categories": categories, "tasks": entries,
         # tasks removed by a bench rule, by rule: dedup (§2.1), Super-NI excluded_tasks.txt and
@@ -290,12 +295,14 @@ def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = Fals
     tasks, excluded = drop_excluded(tasks, cfg)
     skipped += excluded
     tasks, unmapped = map_categories(tasks, cfg)
+    instruction_notes = apply_instructions(tasks, cfg.prompts, str(cfg.path))
     tasks, duplicates = dedup_datasets(tasks, cfg)
     if not tasks:
         raise OptimlError(str(cfg.path), "no tasks left to build a bench from",
                           "check the sources and the report of skipped items")
     result = assign_levels(tasks, cfg)
     result.skipped = skipped + unmapped + duplicates
+    result.notes += instruction_notes
     leaks = check_leakage(result, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}-{time.monotonic_ns()}"

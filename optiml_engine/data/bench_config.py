@@ -39,6 +39,7 @@ leakage: {n: 13, threshold: 0.5, action: report}   # or drop_train
   # unit: instance (pairs of instances), or task (§2.3: a training task is flagged when more
   # than `threshold`, default 0.01 then, of an eval task's examples share an n-gram with it;
   # drop_train removes the training task)
+prompts: {delimiter: random}    # training prompt layout, instruction sentences: prompt_config.py
 templates:                      # limits per render of one record (PromptSource Jinja, FLAN)
   max_seconds: 1.0              # CPU seconds; real templates take microseconds
   max_chars: 1000000            # characters of the output and of anything built on the way;
@@ -57,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OptimlError, parse_yaml, read_text
+from .prompt_config import PromptConfig, parse_prompts
 from .sources import FORMATS, TemplateLimits
 from .sources.promptsource import TASK_PER
 
@@ -123,6 +125,7 @@ class BenchConfig:
     templates: TemplateLimits = field(default_factory=TemplateLimits)
     dedup_policy: str = "one_copy"  # or "paper" (§2.1), see consolidate.dedup_datasets
     dedup_drop_from: list[str] = field(default_factory=lambda: list(PAPER_DROP_FROM))
+    prompts: PromptConfig = field(default_factory=PromptConfig)  # see prompt_config.py
 
 
 def _check_keys(d: dict, allowed: set[str], where: str) -> None:
@@ -236,7 +239,8 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     if not isinstance(raw, dict):
         raise OptimlError(str(path), "a bench config is a YAML mapping")
     top = {"name", "seed", "tokenizer", "max_example_tokens", "train_shots", "default_cap",
-           "sources", "categories", "on_unmapped", "dedup", "held_out", "leakage", "templates"}
+           "sources", "categories", "on_unmapped", "dedup", "held_out", "leakage", "templates",
+           "prompts"}
     _check_keys(raw, top, str(path))
     where = str(path)
     sources = raw.get("sources")
@@ -296,7 +300,8 @@ def load_bench_config(path: str | Path) -> BenchConfig:
         dedup_policy=_choice(_typed(dedup, "policy", str, "one_copy", f"{where}: dedup"),
                              DEDUP_POLICIES, f"{where}: dedup.policy"),
         dedup_drop_from=[str(b) for b in _typed(dedup, "drop_from", list,
-                                                 list(PAPER_DROP_FROM), f"{where}: dedup")])
+                                                 list(PAPER_DROP_FROM), f"{where}: dedup")],
+        prompts=parse_prompts(raw.get("prompts"), f"{where}: prompts"))
     if cfg.max_example_tokens < 2:
         raise OptimlError(f"{where}: max_example_tokens", "must be at least 2")
     return cfg

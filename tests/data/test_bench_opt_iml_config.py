@@ -32,8 +32,10 @@ def make_layout(root: Path) -> None:
     (root / "flan/templates.json").write_text(json.dumps(
         {"rte": [["{premise}\nDoes this imply \"{hypothesis}\"?\n{options_}", "{answer}"]]}))
     shutil.copy(FIX / "flan/toy_nli.jsonl", root / "flan/rte.jsonl")
-    for bench in ("crossfit", "exmix", "t5"):
-        jsonl(root / bench / f"{bench}_toy.jsonl", [
+    # named as in the config's instruction table (§2.2: one sentence per task of these three)
+    for bench, task in (("crossfit", "emo"), ("exmix", "gpt2_deepfake_detection"),
+                        ("t5", "c4_span_corruption")):
+        jsonl(root / bench / f"{task}.jsonl", [
             {"src": f"{bench} question {i}?", "tgt": str(i), "category": "Question Answering"}
             for i in range(6)])
     (root / "unifiedskg").mkdir()
