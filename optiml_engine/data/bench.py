@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import OptimlError, read_json
 from .bench_config import BenchConfig, SourceConfig, load_bench_config
 from .bench_store import FORMAT_VERSION, ShardWriter, sha256_file, task_record
+from .bench_summary import table_one
 from .consolidate import (
     TRAIN,
     Consolidated,
@@ -31,6 +32,7 @@ from .consolidate import (
     cap_instances,
     dedup_datasets,
     drop_excluded,
+    eval_roles,
     map_categories,
 )
 from .leakage import find_leaks, find_task_leaks
@@ -187,18 +189,28 @@ def _check_task_leakage(result: Consolidated, cfg: BenchConfig) -> list[dict]:
         for leak in leaks:
             if leak["train"] not in worst or leak["share"] > worst[leak["train"]]["share"]:
                 worst[leak["train"]] = leak
+        benchmark = {t.name: t.benchmark for t in result.tasks}
         result.tasks = [t for t in result.tasks if t.name not in worst]
         for name, leak in sorted(worst.items()):
             del result.split[name], result.eval_ids[name]
             result.skipped.append(Skipped(name, f"leakage: {leak['share']:.1%} of eval task "
                                                 f"{leak['eval']}'s examples share a "
-                                                f"{cfg.leakage.n}-gram with it (§2.3)"))
+                                                f"{cfg.leakage.n}-gram with it (§2.3)",
+                                          benchmark[name]))
     return leaks
+
+
+def prompts_per_task(task: Task) -> int:
+    """Prompts a task's instances are rendered with (Table 1's "# prompts / task"): a merged
+    PromptSource dataset's templates, a FLAN dataset's patterns, else 1."""
+    templates = task.meta.get("templates")
+    return len(templates) if isinstance(templates, list) else int(task.meta.get("patterns", 1))
 
 
 def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
            leaks: list[dict], capped: dict[str, int], tokenizer) -> dict:
     writer = ShardWriter(out / "train", tokenizer.vocab_size)
+    roles = eval_roles(result, cfg)
     entries = []
     with (out / "tasks.jsonl").open("w", encoding="utf-8") as tasks_file:
         for t_index, task in enumerate(result.tasks):
@@ -218,6 +230,7 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
                 "dataset": task.dataset, "metric": task.metric, "split": split,
                 "n_instances": len(task.instances), "n_train": len(train),
                 "n_eval": len(held), "train_row_offset": offset,
+                "eval_role": roles.get(task.name), "prompts": prompts_per_task(task),
                 "sha256": hashlib.sha256(line.encode()).hexdigest()})
     storage = writer.close()
     categories: dict[str, dict] = {}
@@ -344,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     manifest = build_bench(args.config, args.out, force=args.force, overwrite=args.overwrite)
     print(summary(manifest, Path(args.out)))
+    print(table_one(manifest, read_json(Path(args.out) / "report.json")))
     return 0
 
 

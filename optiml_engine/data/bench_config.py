@@ -34,6 +34,8 @@ held_out:
                                 # files (or records with split: validation/test) are level 3;
                                 # tasks without split information fall back to `instances`
   max_eval_instances: 100       # per task and level
+  dev_categories: [Word Analogy]   # evaluation tasks of these categories or of dev_datasets are
+  dev_datasets: [race]          # the validation set (§2.3, Table 15), every other one is test
 leakage: {n: 13, threshold: 0.5, action: report}   # or drop_train
   # superni_excluded: keep, or drop the tasks of Super-NI's excluded_tasks.txt (§2.3)
   # unit: instance (pairs of instances), or task (§2.3: a training task is flagged when more
@@ -94,6 +96,8 @@ class HeldOutConfig:
     instances: float = 0.1
     level3: str = "random"  # or source_splits: the original validation/test rows (§2.3)
     max_eval_instances: int | None = None
+    dev_categories: list[str] = field(default_factory=list)  # validation set (Table 15)
+    dev_datasets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -283,7 +287,9 @@ def load_bench_config(path: str | Path) -> BenchConfig:
             instances=instances,
             level3=_choice(_typed(held, "level3", str, "random", hw),
                            ("random", "source_splits"), f"{hw}.level3"),
-            max_eval_instances=_typed(held, "max_eval_instances", int, None, hw)),
+            max_eval_instances=_typed(held, "max_eval_instances", int, None, hw),
+            dev_categories=[str(c) for c in _typed(held, "dev_categories", list, [], hw) or []],
+            dev_datasets=[str(d) for d in _typed(held, "dev_datasets", list, [], hw) or []]),
         leakage=LeakageConfig(
             n=_typed(leak, "n", int, 13, f"{where}: leakage"),
             threshold=float(_typed(leak, "threshold", (int, float),
