@@ -83,3 +83,15 @@ def test_realised_benchmark_shares_are_the_recipes_within_one_point(size, opt_im
     assert set(draws) == set(EXPECTED_PERCENT)
     for benchmark, expected in EXPECTED_PERCENT.items():
         assert abs(100 * draws[benchmark] / 20_000 - expected) < 1.0, benchmark
+
+
+def test_a_benchmark_the_bench_lacks_is_said_once_and_its_share_goes_to_the_others(
+        opt_iml_bench, tmp_path):
+    recipe = tiny("30b", opt_iml_bench, tmp_path, "data.benchmark_proportions=[crossfit=4, "
+                  "exmix=2, flan=20, superni=25, promptsource=45, t5=2, unifiedskg=2, xfit=10]")
+    trainer = Trainer(recipe, verbose=False)
+    assert trainer.loader.describe().count("no training tasks of xfit in the bench") == 1
+    mixture = BenchMixture(opt_iml_bench, sampling_spec(recipe.data), 0)
+    share = sum(p for t, p in zip(mixture.bench.manifest["tasks"], mixture.probabilities,
+                                  strict=True) if t["benchmark"] == "promptsource")
+    assert share == pytest.approx(0.94 * 45 / 100)  # xfit's 10 shared out: 45 of the 100 left
