@@ -12,6 +12,8 @@ prompts:
                                 # instruction sentence, shown with every instance (§2.2)
   instructions: {acronym_identification: Find the acronym ...}   # by task name, then dataset
   missing_instruction: fail     # [fail]; none: such a task goes without (listed in the report)
+  list_options: false           # [true]: an "Options:" list after classification inputs that
+                                # do not show their options (see prompts.py)
 ```
 """
 
@@ -26,7 +28,7 @@ from .sources.seq2seq import COT_TARGET
 from .task import Task
 
 KEYS = {"delimiter", "delimiters", "reasoning_instruction", "reasoning_target",
-        "instance_instructions", "instructions", "missing_instruction"}
+        "instance_instructions", "instructions", "missing_instruction", "list_options"}
 MISSING = ("fail", "none")
 
 
@@ -87,7 +89,11 @@ def parse_prompts(raw: object, where: str) -> PromptConfig:
     if missing not in MISSING:
         raise OptimlError(f"{where}.missing_instruction", f"{missing!r} is not one of "
                           f"{', '.join(MISSING)}")
-    style = PromptStyle(delimiter=mode, delimiters=tuple(delimiters),
+    list_options = raw.get("list_options", True)
+    if not isinstance(list_options, bool):
+        raise OptimlError(f"{where}.list_options", f"expected true or false, got "
+                          f"{list_options!r}")
+    style = PromptStyle(delimiter=mode, delimiters=tuple(delimiters), list_options=list_options,
                         reasoning_instruction=instruction.strip(),
                         instance_instructions=tuple(benchmarks))
     return PromptConfig(style=style, reasoning_target=target,

@@ -20,7 +20,10 @@ A `PromptStyle` (the bench YAML's `prompts` section, see `prompt_config.py`) cho
   question by reasoning step by step.");
 - `instance_instructions`: benchmarks whose task `definition` is one instruction sentence shown
   with each instance (§2.2: CrossFit, ExMix and T5, sentences supplied by the bench YAML) rather
-  than a "Definition:" block.
+  than a "Definition:" block;
+- `list_options`: append an "Options:" list to classification instances whose input does not
+  show every option (the default); OPT-IML's prompts show options only where the template or
+  the task's text does (Figure 1, Table 2), so its bench sets it off.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class PromptStyle:
     delimiters: tuple[str, ...] = PAPER_DELIMITERS
     reasoning_instruction: str = ""
     instance_instructions: tuple[str, ...] = ()
+    list_options: bool = True
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -58,7 +62,8 @@ class PromptStyle:
             return cls()
         return cls(delimiter=d["delimiter"], delimiters=tuple(d["delimiters"]),
                    reasoning_instruction=d["reasoning_instruction"],
-                   instance_instructions=tuple(d["instance_instructions"]))
+                   instance_instructions=tuple(d["instance_instructions"]),
+                   list_options=d.get("list_options", True))
 
     def output_delimiter(self, task: Task, instance: Instance, seed: int) -> str | None:
         """The drawn delimiter of this example under `random`; None under `fixed`."""
@@ -91,7 +96,8 @@ def _body(task: Task, inst: Instance, list_options: bool, style: PromptStyle = F
     """The instance as the benchmark presents it, ending where the answer starts; `delimiter`
     replaces the fixed one (templates have none) when the style draws one."""
     text = inst.input
-    if list_options and inst.options and not all(o in text for o in inst.options):
+    if (list_options and style.list_options and inst.options
+            and not all(o in text for o in inst.options)):
         text = f"{text}\n{options_text(inst.options)}"
     if task.benchmark == "dialogue":
         return text

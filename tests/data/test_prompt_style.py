@@ -164,3 +164,18 @@ def test_the_built_bench_trains_on_these_prompts_and_records_the_style(tmp_path)
         k = int(bytes(int(i) - 4 for i in tgt).decode()[2:])
         seen[delimiter_of(text, f"Which emotion is shown?\nrow {k}")] += 1
     assert sum(seen.values()) == 40 and set(seen) <= set(FOOTNOTE_5) and len(seen) >= 6
+
+
+def test_options_list_is_a_key_and_off_in_the_papers_bench():
+    t = task("superni", n=2)
+    for inst in t.instances:
+        inst.options = ["out 0", "out 1"]
+    listed, _ = render(t, t.instances[0])
+    assert listed.endswith("Input: query 0\nOptions:\n- out 0\n- out 1\nOutput:")
+    style = parse_prompts({"list_options": False}, "b.yaml: prompts").style
+    assert render(t, t.instances[0], style=style)[0] == ("Definition: Do it.\n\nInput: query 0"
+                                                         "\nOutput:")
+    recipe = yaml.safe_load((Path(__file__).parents[2] / "recipes/bench/opt-iml.yaml").read_text())
+    assert parse_prompts(recipe["prompts"], "opt-iml.yaml").style.list_options is False
+    with pytest.raises(OptimlError, match="list_options"):
+        parse_prompts({"list_options": "no"}, "b.yaml: prompts")
