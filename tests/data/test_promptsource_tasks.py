@@ -11,6 +11,7 @@ import yaml
 
 from optiml_engine.data.bench import build_bench
 from optiml_engine.data.bench_config import load_bench_config
+from optiml_engine.data.bench_store import BuiltBench
 from optiml_engine.data.sampling import SamplingSpec, mixture_probabilities
 from optiml_engine.data.sources import load_tasks
 from optiml_engine.errors import OptimlError
@@ -128,6 +129,10 @@ def test_caps_level3_and_eps_weights_are_per_dataset(tmp_path):
     probs = mixture_probabilities([merged[n]["n_train"] for n in names], ["promptsource"] * 2,
                                   spec)
     assert probs.tolist() == pytest.approx([20 / 36, 16 / 36], abs=1e-12)
+    # the prompt of every instance is kept in the built bench, for per-prompt evaluation
+    (big,) = [t for t in BuiltBench(tmp_path / "out-dataset").tasks() if t.name == "toy_big"]
+    assert len(big.meta["instance_templates"]) == 46
+    assert set(big.meta["instance_templates"].values()) == set(BY_HAND)
     per_template = bench(tmp_path, "template")
     assert len(per_template) == 4  # 3 + 1: each template its own task, its own weight
     big = [n for n in per_template if n.startswith("toy_big")]
