@@ -308,8 +308,9 @@ def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = Fals
     tasks, excluded = drop_excluded(tasks, cfg)
     skipped += excluded
     tasks, unmapped = map_categories(tasks, cfg)
-    instruction_notes = apply_instructions(tasks, cfg.prompts, str(cfg.path))
     tasks, duplicates = dedup_datasets(tasks, cfg)
+    # after dedup: a CrossFit / ExMix / T5 copy that is dropped needs no sentence
+    instruction_notes = apply_instructions(tasks, cfg.prompts, str(cfg.path))
     if not tasks:
         raise OptimlError(str(cfg.path), "no tasks left to build a bench from",
                           "check the sources and the report of skipped items")

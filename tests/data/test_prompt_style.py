@@ -179,3 +179,20 @@ def test_options_list_is_a_key_and_off_in_the_papers_bench():
     assert parse_prompts(recipe["prompts"], "opt-iml.yaml").style.list_options is False
     with pytest.raises(OptimlError, match="list_options"):
         parse_prompts({"list_options": "no"}, "b.yaml: prompts")
+
+
+def test_a_dropped_duplicate_needs_no_instruction_sentence(tmp_path):
+    """§2.1 drops the CrossFit copy of a dataset seen elsewhere before instructions are looked
+    up, so the build does not ask for a sentence of a task it does not keep."""
+    for bench, rows in (("ps_like", "a"), ("cf", "b")):
+        (tmp_path / bench).mkdir()
+        (tmp_path / bench / "toyqa.jsonl").write_text("".join(json.dumps(
+            {"src": f"{rows} {k}", "tgt": "x", "category": "Question Answering"}) + "\n"
+            for k in range(3)))
+    config = {"name": "p", "tokenizer": "byte", "held_out": {"instances": 0},
+              "sources": [{"name": "unifiedskg", "format": "seq2seq", "path": "ps_like"},
+                          {"name": "crossfit", "format": "seq2seq", "path": "cf"}],
+              "dedup": {"policy": "paper"}, "prompts": {"instance_instructions": ["crossfit"]}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(config))
+    manifest = build_bench(tmp_path / "b.yaml", tmp_path / "out")
+    assert [t["name"] for t in manifest["tasks"]] == ["unifiedskg_toyqa"]
