@@ -13,6 +13,7 @@ name tells its original split (`split_of`), for the level-3 holdout.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from ...errors import OptimlError
@@ -54,12 +55,16 @@ def _saved_rows(directory: Path) -> list[tuple[str, dict]]:
 
 def _parquet_rows(file: Path) -> list[tuple[str, dict]]:
     datasets = _datasets(file)
-    try:
-        loaded = datasets.Dataset.from_parquet(str(file), keep_in_memory=True)
-    except Exception as err:
-        raise OptimlError(str(file), f"is not a readable parquet file: {err}",
-                          "export the rows again, or as JSONL") from err
-    return _rows_of(loaded, str(file))
+    # the library converts parquet into an arrow cache first: keep that copy out of the user's
+    # cache directory (a bench reads each file once) and remove it with the rows in memory
+    with tempfile.TemporaryDirectory(prefix="optiml-parquet-") as cache:
+        try:
+            loaded = datasets.Dataset.from_parquet(str(file), cache_dir=cache,
+                                                   keep_in_memory=True)
+        except Exception as err:
+            raise OptimlError(str(file), f"is not a readable parquet file: {err}",
+                              "export the rows again, or as JSONL") from err
+        return _rows_of(loaded, str(file))
 
 
 def read_rows(directory: Path) -> list[tuple[str, dict]]:
