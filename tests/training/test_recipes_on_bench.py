@@ -11,7 +11,10 @@ import pytest
 
 from optiml_engine.config import load_recipe
 from optiml_engine.data.bench import build_bench
+from optiml_engine.data.bench_store import BuiltBench
+from optiml_engine.data.dataset import build_loader
 from optiml_engine.data.mixture import BenchMixture, sampling_spec
+from optiml_engine.data.tokenizer import load_tokenizer
 from optiml_engine.training.trainer import Trainer
 from tests.data.opt_iml_collection import write_collection
 
@@ -71,6 +74,27 @@ def test_recipe_trains_two_steps_on_a_built_bench(size, opt_iml_bench, tmp_path)
     # 2 steps x 4 samples taken from the first window of the bench's mixture stream
     assert trainer.loader.state_dict() == {"window_index": 0, "used": 8}
     assert "bench mixture" in trainer.loader.describe()
+
+
+def test_the_recipes_loader_serves_the_benchs_training_examples(opt_iml_bench, tmp_path):
+    """Every example packed into a step is one of the bench's rendered training rows (whole,
+    or missing the oldest source tokens when it was cut to fit), read here straight from the
+    shards."""
+    recipe = tiny("30b", opt_iml_bench, tmp_path)
+    bench = BuiltBench(opt_iml_bench)
+    # byte tokenizer: id = byte + 4, so each row is a byte string; rows joined by a separator
+    rows = b"\0".join(bytes(int(t) - 4 for part in bench.example(r) for t in part)
+                         for r in range(bench.manifest["counts"]["train_examples"]))
+    docs = 0
+    for batch in build_loader(recipe, load_tokenizer("byte")).next_step():
+        for tokens, doc_ids in zip(batch["tokens"].tolist(), batch["doc_ids"].tolist(),
+                                   strict=True):
+            for doc in sorted(set(doc_ids)):
+                ids = [t for t, d in zip(tokens, doc_ids, strict=True) if d == doc and t > 3]
+                if ids:  # not padding
+                    docs += 1
+                    assert bytes(t - 4 for t in ids) in rows
+    assert docs >= 4
 
 
 @pytest.mark.parametrize("size", RECIPES)
