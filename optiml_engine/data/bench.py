@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import OptimlError, read_json
 from .bench_config import BenchConfig, SourceConfig, load_bench_config
-from .bench_store import FORMAT_VERSION, ShardWriter, sha256_file, task_record
+from .bench_store import FORMAT_VERSION, BuiltBench, ShardWriter, sha256_file, task_record
 from .bench_summary import table_one
 from .consolidate import (
     TRAIN,
@@ -358,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     manifest = build_bench(args.config, args.out, force=args.force, overwrite=args.overwrite)
     print(summary(manifest, Path(args.out)))
-    print(table_one(manifest, read_json(Path(args.out) / "report.json")))
+    index = BuiltBench(args.out).index
+    print(table_one(manifest, read_json(Path(args.out) / "report.json"),
+                    index[:, 2] + index[:, 3]))
     return 0
 
 

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+import numpy as np
+
 LEVELS = {"heldout_category": "level 1", "heldout_task": "level 2"}
 RULES = ("duplicate", "excluded", "leakage")  # report.json reasons that remove a task
 # dev / test: held-out tasks (levels 1 and 2); L3 inst.: held-out instances of training tasks
+# tokens: mean and std of a training example's source + target tokens (Table 1's prompt length,
+# here after the bench's tokenizer and truncation)
 HEADER = ("benchmark", "categories", "tasks", "instances", "prompts/task", "train", "train ex.",
-          "dev L1-2", "test L1-2", "L3 inst.", "removed dup/excl/leak")
+          "tokens mean", "std", "dev L1-2", "test L1-2", "L3 inst.", "removed dup/excl/leak")
 
 
 def _table(rows: list[tuple]) -> list[str]:
@@ -21,7 +25,19 @@ def _table(rows: list[tuple]) -> list[str]:
     return [fmt(r) for r in rows]
 
 
-def _row(name: str, tasks: list[dict], removed: Counter) -> tuple:
+def _lengths(tasks: list[dict], row_lengths: np.ndarray | None) -> tuple[str, str]:
+    if row_lengths is None:
+        return "-", "-"
+    parts = [row_lengths[t["train_row_offset"]:t["train_row_offset"] + t["n_train"]]
+             for t in tasks]
+    lengths = np.concatenate(parts) if parts else np.zeros(0)
+    if not lengths.size:
+        return "-", "-"
+    return f"{lengths.mean():.0f}", f"{lengths.std():.0f}"
+
+
+def _row(name: str, tasks: list[dict], removed: Counter, row_lengths: np.ndarray | None
+         ) -> tuple:
     train = [t for t in tasks if t["split"] == "train"]
     held = [t for t in tasks if t["split"] != "train"]
     roles = Counter(t.get("eval_role") or "test" for t in held)
@@ -29,11 +45,14 @@ def _row(name: str, tasks: list[dict], removed: Counter) -> tuple:
     level3 = sum(t["n_eval"] for t in train)
     return (name, len({t["category"] for t in tasks}), len(tasks),
             sum(t["n_instances"] for t in tasks), f"{prompts:.1f}", len(train),
-            sum(t["n_train"] for t in train), roles["dev"], roles["test"], level3,
+            sum(t["n_train"] for t in train), *_lengths(train, row_lengths), roles["dev"],
+            roles["test"], level3,
             "/".join(str(removed[r]) for r in RULES))
 
 
-def table_one(manifest: dict, report: dict) -> str:
+def table_one(manifest: dict, report: dict, row_lengths: np.ndarray | None = None) -> str:
+    """The summary; `row_lengths`: tokens of every training row (the bench index's source +
+    target lengths), for the length columns."""
     by_benchmark: dict[str, list[dict]] = defaultdict(list)
     for t in manifest["tasks"]:
         by_benchmark[t["benchmark"]].append(t)
@@ -45,8 +64,9 @@ def table_one(manifest: dict, report: dict) -> str:
             removed[s.get("benchmark") or "?"][rule] += 1
             reasons[rule].append(f"{s['where']}: {s['reason']}")
     names = sorted(set(by_benchmark) | set(removed))
-    rows = [HEADER] + [_row(b, by_benchmark.get(b, []), removed[b]) for b in names]
-    rows.append(_row("total", manifest["tasks"], sum(removed.values(), Counter())))
+    rows = [HEADER] + [_row(b, by_benchmark.get(b, []), removed[b], row_lengths)
+                       for b in names]
+    rows.append(_row("total", manifest["tasks"], sum(removed.values(), Counter()), row_lengths))
     lines = ["OPT-IML Bench as built (cf. the paper's Table 1):", *_table(rows), ""]
     # the evaluation side by level and role (§2.3): tasks, categories, instances
     split_rows = [("split", "tasks", "categories", "instances")]

@@ -2,9 +2,12 @@
 tasks, instances, prompts per task, the train / dev / test split and the tasks each bench rule
 removed, then the reasons. Checked cell by cell against counts worked out by hand."""
 
+import statistics
+
 import yaml
 
 from optiml_engine.data.bench import main
+from optiml_engine.data.bench_store import BuiltBench
 from tests.data.test_bench_paper_rules import dedup_layout, excluded_layout, leakage_layout
 
 
@@ -28,13 +31,28 @@ def cells(lines: list[str], first: str) -> list[str]:
     return line.split()
 
 
+def token_stats(out, benchmark: str | None) -> list[str]:
+    """Mean and population std of the training examples' tokens, from the rows themselves."""
+    bench = BuiltBench(out)
+    lengths = [sum(len(part) for part in bench.example(t["train_row_offset"] + k))
+               for t in bench.manifest["tasks"] if benchmark in (None, t["benchmark"])
+               for k in range(t["n_train"])]
+    return [f"{statistics.fmean(lengths):.0f}", f"{statistics.pstdev(lengths):.0f}"]
+
+
 def test_table_one_counts_tasks_splits_and_removals_per_benchmark(tmp_path, capsys):
     lines = build_and_print(tmp_path, capsys)
+    out = tmp_path / "out"
+    for name in ("superni", "promptsource", "crossfit", "total"):  # the length columns
+        row = cells(lines, name)
+        assert row[7:9] == token_stats(out, None if name == "total" else name), name
+        del row[7:9]
+        lines = [" ".join(row) if ln.split()[:1] == [name] else ln for ln in lines]
     # kept Super-NI tasks: 9101 (QA, 4 instances, train), 9203 (QA, 4, train), 9303 (QA, 21,
     # train), 9201 (Coreference, 4, level 1 test), 9301 (GEC, 200, level 1 dev); removed: 9202
     # (excluded_tasks.txt) and 9302 (2% 13-gram leakage into 9301)
-    # columns: categories, tasks, instances, prompts/task, train, train ex., dev, test, L3,
-    # removed duplicate/excluded/leakage
+    # columns (less the two length ones): categories, tasks, instances, prompts/task, train,
+    # train ex., dev, test, L3, removed duplicate/excluded/leakage
     assert cells(lines, "superni") == ["superni", "3", "5", "233", "1.0", "3", "29", "1", "1",
                                        "0", "0/1/1"]
     assert cells(lines, "promptsource") == ["promptsource", "1", "1", "4", "1.0", "1", "4", "0",
