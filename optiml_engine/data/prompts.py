@@ -16,8 +16,8 @@ A `PromptStyle` (the bench YAML's `prompts` section, see `prompt_config.py`) cho
   "Q: ...\nA:" (reasoning), templates as rendered; `random` (OPT-IML, §2.4 footnote 5): every
   example ends with an output delimiter drawn from `delimiters` by (seed, task, instance), the
   same one for its demonstrations;
-- `reasoning_instruction`: a line before every reasoning question (Table 6: "Answer the following
-  question by reasoning step by step.");
+- `reasoning_instruction`: a line before a reasoning prompt, once above its first question
+  (Table 6: "Answer the following question by reasoning step by step.");
 - `instance_instructions`: benchmarks whose task `definition` is one instruction sentence shown
   with each instance (§2.2: CrossFit, ExMix and T5, sentences supplied by the bench YAML) rather
   than a "Definition:" block;
@@ -101,12 +101,8 @@ def _body(task: Task, inst: Instance, list_options: bool, style: PromptStyle = F
         text = f"{text}\n{options_text(inst.options)}"
     if task.benchmark == "dialogue":
         return text
-    lines = []
-    if task.benchmark == "reasoning" and style.reasoning_instruction:
-        lines.append(style.reasoning_instruction)
     instance_level = task.benchmark in style.instance_instructions and task.definition
-    if instance_level:
-        lines.append(task.definition)
+    lines = [task.definition] if instance_level else []
     if task.benchmark in TEMPLATED or instance_level:
         query, fixed = text, "" if task.benchmark in TEMPLATED else "\nOutput:"
     elif task.benchmark == "reasoning":
@@ -132,6 +128,10 @@ def render(task: Task, instance: Instance, shots: int = 0, seed: int = 0,
         blocks.append(_body(task, demo, list_options, style, delimiter) + TARGET_PREFIX
                       + demo.outputs[0])
     blocks.append(_body(task, instance, list_options, style, delimiter))
+    if task.benchmark == "reasoning" and style.reasoning_instruction:
+        # once, on the line above the first question (Table 6; §4.6: "a single prompt that
+        # uses an instruction ... followed by examples in the few-shot setting")
+        blocks[0] = f"{style.reasoning_instruction}\n{blocks[0]}"
     return "\n\n".join(blocks), TARGET_PREFIX + instance.outputs[0]
 
 

@@ -84,6 +84,10 @@ def test_reasoning_prompt_and_target_follow_table_6(tmp_path):
     question = "How do most people feel about a person they love?"
     assert delimiter_of(src, f"{STEP_BY_STEP}\n{question}") in FOOTNOTE_5
     assert tgt == " we care about people we love. The answer is care about"
+    few = task("reasoning", n=6, definition="")  # k-shot: the instruction once, at the top
+    src, _ = render(few, few.instances[0], shots=2, seed=0, style=style)
+    assert src.startswith(f"{STEP_BY_STEP}\nquery ") and src.count(STEP_BY_STEP) == 1
+    assert src.count("\n\n") == 2
     (old,) = load_tasks(tmp_path / "cot.jsonl", "cot")  # the code default stays reachable
     assert old.instances[0].outputs == ["we care about people we love. So the answer is "
                                         "care about."]
