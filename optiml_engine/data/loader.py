@@ -113,4 +113,5 @@ def mixture_loader(mixture, seq_length: int, global_batch_size: int, micro_batch
                              eos_id=eos_id, pad_id=pad_id)
 
     return PackedLoader(pack, global_batch_size, micro_batch_size, dp_rank, dp_size, seed,
-                        label=f"bench mixture, windows of {window} examples")
+                        label=f"bench mixture, windows of {window} examples"
+                        + (f" ({mixture.note})" if getattr(mixture, "note", "") else ""))
