@@ -201,8 +201,10 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
             held = set(result.eval_ids[task.name])
             split = result.split[task.name]
             train = [i for i in task.instances if i.id not in held] if split == TRAIN else []
-            pairs = [render(task, inst, shots=cfg.train_shots, seed=cfg.seed, pool=train)
-                     for inst in train]
+            # §5.4: Super-NI's definition names the candidates; the paper lists no options
+            lists = task.benchmark != "superni" or cfg.superni_options_list
+            pairs = [render(task, inst, shots=cfg.train_shots, seed=cfg.seed, pool=train,
+                            list_options=lists) for inst in train]
             offset = len(writer.rows)
             for src, tgt in tokenize_pairs(pairs, tokenizer, cfg.max_example_tokens):
                 writer.add(t_index, src, tgt)
@@ -234,6 +236,7 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
         "seed": cfg.seed, "tokenizer": cfg.tokenizer, "vocab_size": tokenizer.vocab_size,
         "max_example_tokens": cfg.max_example_tokens, "train_shots": cfg.train_shots,
         "max_eval_instances": cfg.held_out.max_eval_instances,
+        "superni_options_list": cfg.superni_options_list,  # the eval renders its prompts alike
         "held_out_categories": cfg.held_out.categories, "benchmarks": benchmarks,
         "categories": categories, "tasks": entries,
         # tasks removed by a bench rule, by rule: dedup (§2.1), Super-NI excluded_tasks.txt and

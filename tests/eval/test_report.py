@@ -41,7 +41,7 @@ def test_report_files_and_tables(tmp_path):
 
 
 def test_side_by_side_and_history(tmp_path):
-    from optiml_engine.eval.metrics import aggregate
+    from optiml_engine.eval.aggregate import aggregate
 
     after = aggregate(_records())
     before = aggregate([dict(r, scores={"score": 0.0}) for r in _records()])
