@@ -106,6 +106,8 @@ def _one_shot_count(records: list[dict], protocol: EvalProtocol) -> dict:
     out["benchmark"] = {b: _means(v) for b, v in sorted(per_bench.items())}
     out["benchmark_level"] = {k: _means(v) for k, v in sorted(per_bench_level.items())}
     out["count"] = {k: len(v) for k, v in sorted(per_bench_level.items())}
+    for level, _, _ in final:  # a level's tasks after the merge across benchmarks
+        out["count"][f"all | {level}"] = out["count"].get(f"all | {level}", 0) + 1
 
     # 5. levels
     per_level: dict[str, list[dict]] = defaultdict(list)
@@ -121,7 +123,7 @@ def _one_shot_count(records: list[dict], protocol: EvalProtocol) -> dict:
 
 def aggregate(records: Iterable[dict], protocol: EvalProtocol = PAPER) -> dict:
     """{shots: {kind: {name: {metric: value}}}} for kind in `KINDS`, plus "count":
-    {"benchmark | level": tasks (units)}."""
+    {"benchmark | level": tasks (units), "all | level": tasks after the merge}."""
     by_shots: dict[int, list[dict]] = defaultdict(list)
     for r in records:
         by_shots[r["shots"]].append(r)

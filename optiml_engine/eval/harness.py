@@ -502,7 +502,7 @@ def _evaluate_and_report(model, tokenizer, suite, settings, checkpoint, args, ou
     if records is None:  # another rank reports
         return None
     suite_key = json.dumps(sorted((et.level, et.name, len(et.instances)) for et in suite))
-    meta = {**fingerprint, "shots": list(settings.shots), "instances": len(records),
+    meta = {**fingerprint, "shots": settings.all_shots(suite), "instances": len(records),
             "seconds": round(time.time() - start, 1),
             "suite_hash": hashlib.sha256(suite_key.encode()).hexdigest()[:16]}
     history = load_history(args.history) if args.history else None

@@ -85,7 +85,7 @@ def paper_table(summary: dict, metric: str = "score") -> str:
     selection = selection_scores(summary, metric=metric)
     for lv in ordered_levels({lv for s in shots for lv in summary[s]["level"]}):
         names = sorted({k for s in shots for k in summary[s]["benchmark_level"]
-                        if k.endswith(f" | {lv}")})
+                        if k.endswith(f" | {lv}")})  # "benchmark | level"
         for key in names:
             tasks = max(summary[s]["count"].get(key, 0) for s in shots)
             values = [summary[s]["benchmark_level"].get(key, {}).get(metric) for s in (0, 5)
@@ -94,7 +94,7 @@ def paper_table(summary: dict, metric: str = "score") -> str:
             rows.append([LEVEL_TITLES.get(lv, lv), key.split(" | ")[0], str(tasks),
                          *_shot_cells(summary, "benchmark_level", key, metric),
                          _cell(mean(both) if both else None)])
-        tasks = sum(max(summary[s]["count"].get(k, 0) for s in shots) for k in names)
+        tasks = max(summary[s]["count"].get(f"all | {lv}", 0) for s in shots)
         rows.append([LEVEL_TITLES.get(lv, lv), "**all**", str(tasks),
                      *_shot_cells(summary, "level", lv, metric), _cell(selection.get(lv))])
     header = ["level", "benchmark", "tasks", *(f"{s}-shot" for s in shots), "0/5-shot avg"]
