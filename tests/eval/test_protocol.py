@@ -135,8 +135,9 @@ def test_superni_label_task_is_scored_by_rouge_l_without_an_options_list(
         tiny_models, fixed_generation):
     insts = [Instance(f"i{k}", f"q{k}", ["the cat is on the mat"],
                       ["the cat is on the mat", "no"]) for k in range(2)]
+    # declared exact match: under §5.4 a Super-NI task is still scored by ROUGE-L
     task = Task("task9_cls", "superni", "Textual Entailment", "Pick one.", insts,
-                metric="accuracy")
+                metric="exact_match")
     fixed_generation["text"] = "the cat sat on a mat"
     recs = evaluate_task(tiny_models[0], ByteTokenizer(), EvalTask(task, "L1", insts), 0,
                          EvalSettings(max_new_tokens=4))
