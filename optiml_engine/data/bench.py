@@ -237,6 +237,7 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
         "max_example_tokens": cfg.max_example_tokens, "train_shots": cfg.train_shots,
         "max_eval_instances": cfg.held_out.max_eval_instances,
         "superni_options_list": cfg.superni_options_list,  # the eval renders its prompts alike
+        "dataset_aliases": cfg.aliases,  # the eval merges a dataset's tasks across benchmarks
         "held_out_categories": cfg.held_out.categories, "benchmarks": benchmarks,
         "categories": categories, "tasks": entries,
         # tasks removed by a bench rule, by rule: dedup (§2.1), Super-NI excluded_tasks.txt and

@@ -59,6 +59,12 @@ def _default_render(task, instance, shots, seed, pool, list_options=True):
     return render(task, instance, shots=shots, seed=seed, pool=pool, list_options=list_options)
 
 
+def _dataset_key(task, aliases: dict[str, str]) -> str:
+    from optiml_engine.data.consolidate import dataset_key as key
+
+    return key(task, aliases) if getattr(task, "dataset", "") else ""
+
+
 def _task_languages_xlingual(task) -> bool:
     meta = getattr(task, "meta", None) or {}
     if "Input_language" not in meta and "Output_language" not in meta:
@@ -103,7 +109,7 @@ def evaluate_task(model, tokenizer, et: EvalTask, shots: int, settings: EvalSett
     meta = getattr(task, "meta", None) or {}
     base = {"task": task.name, "category": task.category, "benchmark": task.benchmark,
             "level": et.level, "shots": shots,
-            "dataset": meta.get("dataset_key") or getattr(task, "dataset", "") or "",
+            "dataset": meta.get("dataset_key") or _dataset_key(task, {}),
             "task_group": meta.get("task_group")}
     if render is _default_render:
         render = partial(_default_render, list_options=protocol.lists_options(task))

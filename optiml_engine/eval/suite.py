@@ -142,14 +142,17 @@ def built_bench_suite(directory: Path) -> list[EvalTask]:
     task's other (training) instances; held-out tasks and categories from the task's instances
     (the prompt renderer never uses the query itself)."""
     from optiml_engine.data.bench_store import BuiltBench
+    from optiml_engine.data.consolidate import dataset_key
 
     suite = []
     bench = BuiltBench(directory)
     # benches built before the key listed options for every task
     listed = bench.manifest.get("superni_options_list", True)
+    aliases = bench.manifest.get("dataset_aliases") or {}
     for level, pairs in bench.eval_sets().items():
         for task, instances in pairs:
             task.meta["trained_options_list"] = listed
+            task.meta["dataset_key"] = dataset_key(task, aliases)  # as the bench's dedup names it
             pool = None
             if level == "heldout_instance":
                 held = set(task.meta.get("eval_ids", ()))
