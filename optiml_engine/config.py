@@ -241,6 +241,9 @@ class EvalConfig:
     subset_instances: int = doc("in-training evaluation: instances per task", 20, min=1)
     length_normalize: bool = doc(
         "rank classification picks the highest mean (not summed) token log-likelihood", False)
+    protocol: str = doc("scoring and averaging rules: the paper's (Super-NI by generation + "
+                        "ROUGE-L, categories as task means; see optiml eval --help) or the "
+                        "engine's earlier ones", "paper", choices=["paper", "engine"])
 
 
 @dataclass

@@ -9,15 +9,20 @@ from pathlib import Path
 
 from ...errors import OptimlError
 from ..task import Task
+from .bbh import load_bbh
 from .dialogue import load_dialogue
 from .flan import load_flan
+from .mmlu import load_mmlu
 from .promptsource import load_promptsource
+from .raft import load_raft
 from .sandbox import DEFAULT_LIMITS, TemplateLimits
 from .seq2seq import load_cot, load_seq2seq
 from .superni import load_superni
 from .text import load_text
 
 FORMATS = ("superni", "promptsource", "flan", "seq2seq", "cot", "dialogue")
+# Benchmarks only evaluated, never trained on (§6.1): readable here, not bench sources.
+EVAL_FORMATS = {"mmlu": load_mmlu, "bbh": load_bbh, "raft": load_raft}
 
 
 def load_tasks(path: str | Path, format: str, *, benchmark: str | None = None,
@@ -50,13 +55,15 @@ def load_tasks(path: str | Path, format: str, *, benchmark: str | None = None,
         tasks = load_text(path, benchmark=benchmark or "pretraining")
     elif format == "dialogue":
         tasks = load_dialogue(path, benchmark=benchmark or "dialogue")
+    elif format in EVAL_FORMATS:
+        tasks = EVAL_FORMATS[format](path)
     else:
         raise OptimlError(str(path), f"unknown task format {format!r}",
-                          f"use one of {', '.join(FORMATS)}")
+                          f"use one of {', '.join((*FORMATS, *EVAL_FORMATS))}")
     if benchmark and format in ("superni", "promptsource", "flan"):
         for task in tasks:
             task.benchmark = benchmark
     return tasks
 
 
-__all__ = ["FORMATS", "TemplateLimits", "load_tasks"]
+__all__ = ["EVAL_FORMATS", "FORMATS", "TemplateLimits", "load_tasks"]
