@@ -127,3 +127,24 @@ def test_gpt3_175b_on_1024_a100_near_megatron():
                        global_batch=1536, w=2, params_per_rank=plan.params_per_gpu,
                        activation_bytes_per_micro=0)
     assert direct.compute == pytest.approx(plan.time.compute)
+
+
+def test_show_prints_every_buffer_and_phase(capsys):
+    argv = ["recipes/opt-iml-175b.yaml", "--gpus", "128", "--gpu", "a100-40gb", "--top", "1",
+            "--show", "8x16x1:none"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    r = load_recipe("recipes/opt-iml-175b.yaml", [])
+    n = local_params(r.model, 8, 16, 0)
+    assert f"{n:,} parameters" in out
+    # no sharding: the save clones the fp32 master and both moments, 12 bytes per parameter
+    assert f"cloned moments and master {12 * n / 2**30:.2f}" in out
+    save = next(line for line in out.splitlines() if "checkpoint save" in line)
+    assert f"{(16 + 12) * n / 2**30:.2f} GiB in all" in save  # + 16 bytes held
+
+
+def test_show_refuses_a_layout_not_planned():
+    from optiml_engine.errors import OptimlError
+
+    with pytest.raises(OptimlError, match="not among the layouts"):
+        main(["recipes/opt-iml-175b.yaml", "--gpus", "128", "--show", "8x16x2:none"])

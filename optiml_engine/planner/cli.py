@@ -45,7 +45,38 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fraction of the GPU's peak the GEMMs reach (default: the GPU "
                         "table's)")
     parser.add_argument("--top", type=int, default=15, help="rows to print (default: 15)")
+    parser.add_argument("--show", action="append", default=[], metavar="TPxPPxDP:SHARD",
+                        help="also print every buffer and phase of these layouts, "
+                        "e.g. 8x1x16:zero3")
     return parser
+
+
+def parse_layout(text: str) -> tuple[int, int, int, str]:
+    try:
+        dims, shard = text.split(":")
+        tp, pp, dp = (int(v) for v in dims.lower().split("x"))
+    except ValueError:
+        raise OptimlError(f"optiml plan --show {text}", "is not TPxPPxDP:SHARD",
+                          "write e.g. --show 8x1x16:zero3") from None
+    if shard not in SHARD_MODES:
+        raise OptimlError(f"optiml plan --show {text}", f"unknown shard {shard!r}",
+                          f"choose one of: {', '.join(SHARD_MODES)}")
+    return tp, pp, dp, shard
+
+
+def details(p: Plan) -> list[str]:
+    mem, t = p.memory, p.time
+    lines = [f"tp {p.tp} x pp {p.pp} x dp {p.dp}, {p.shard}, pipeline stage {p.pp_rank} "
+             f"(the busiest): {p.params_per_gpu:,} parameters"]
+    lines += [f"  held {name:<28} {b / GIB:8.2f} GiB" for name, b in mem.held.items()]
+    for phase, extra in mem.phases.items():
+        total = mem.phase_bytes(phase) / GIB
+        parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in extra.items()) or "nothing more"
+        lines.append(f"  {phase:<16} {total:8.2f} GiB in all ({parts})")
+    lines.append(f"  step {t.seconds:.2f} s = compute {t.compute:.2f} + elementwise "
+                 f"{t.elementwise:.2f} + tensor-parallel {t.tensor_parallel:.2f} + pipeline "
+                 f"{t.pipeline:.2f} + data-parallel {t.data_parallel:.2f}")
+    return lines
 
 
 def row(p: Plan, mark: str) -> str:
@@ -114,6 +145,13 @@ def main(argv: list[str]) -> int:
               f"{', ...' if len(which) > 6 else ''}): {why}")
     print("GiB per GPU: weights + gradients, fp32 master + Adam moments, and the peak over "
           "forward/backward, gradient sync, optimizer step and checkpoint save (docs/planner.md)")
+    for text in args.show:
+        tp_, pp_, dp_, shard = parse_layout(text)
+        match = [x for x in plans if (x.tp, x.pp, x.dp, x.shard) == (tp_, pp_, dp_, shard)]
+        if not match:
+            raise OptimlError(f"optiml plan --show {text}", "is not among the layouts planned",
+                              f"pick one whose tp x pp x dp = {args.gpus} (see the skipped lines)")
+        print("\n".join(details(match[0])))
     if not any(x.fits for x in plans):
         print(refusal(recipe, args.gpus, budget))
         return 1
