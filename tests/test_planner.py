@@ -139,7 +139,7 @@ def test_show_prints_every_buffer_and_phase(capsys):
     assert f"{n:,} parameters" in out
     # no sharding: the save clones the fp32 master and both moments, 12 bytes per parameter
     assert f"cloned moments and master {12 * n / 2**30:.2f}" in out
-    save = next(line for line in out.splitlines() if "checkpoint save" in line)
+    save = next(line for line in out.splitlines() if line.startswith("  checkpoint save"))
     assert f"{(16 + 12) * n / 2**30:.2f} GiB in all" in save  # + 16 bytes held
 
 
