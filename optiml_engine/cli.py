@@ -58,7 +58,7 @@ DELEGATED = {
     "data": ("optiml_engine.data.bench", "build an OPT-IML bench: data build BENCH.yaml --out DIR"),
     "eval": ("optiml_engine.eval.harness", "evaluate a checkpoint on the three levels"),
     "bench": ("optiml_engine.benchmarks.cli", "kernel and system benchmarks"),
-    "plan": ("optiml_engine.planner", "memory per GPU of each parallel layout for a recipe"),
+    "plan": ("optiml_engine.planner", "memory per GPU and step time of each parallel layout"),
 }
 
 

@@ -88,7 +88,7 @@ def test_timeout_key_reaches_the_process_group(monkeypatch):
 
 
 def test_timeout_key_is_checked():
-    assert load_recipe("recipes/demo.yaml", ["parallel.timeout_minutes=30"]).parallel.timeout_minutes \
-        == 30.0
+    recipe = load_recipe("recipes/demo.yaml", ["parallel.timeout_minutes=30"])
+    assert recipe.parallel.timeout_minutes == 30.0
     with pytest.raises(OptimlError, match="parallel.timeout_minutes"):
         load_recipe("recipes/demo.yaml", ["parallel.timeout_minutes=0"])
