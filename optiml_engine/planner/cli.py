@@ -13,18 +13,9 @@ from optiml_engine.errors import OptimlError
 from optiml_engine.planner.hardware import GPUS, USABLE_FRACTION, gpu
 from optiml_engine.planner.memory import SHARD_MODES
 from optiml_engine.planner.params import model_params
-from optiml_engine.planner.plan import Plan, layouts
+from optiml_engine.planner.plan import Plan, layouts, recipe_shard
 
 GIB = 2**30
-
-
-def recipe_shard(recipe) -> str:
-    """The recipe's own sharding: `parallel.shard` where the schema has it, else the zero1
-    flag."""
-    shard = getattr(recipe.parallel, "shard", None)
-    if shard is not None:
-        return shard
-    return "zero1" if recipe.parallel.zero1 else "none"
 
 
 def build_parser() -> argparse.ArgumentParser:

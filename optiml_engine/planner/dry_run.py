@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from optiml_engine.errors import OptimlError
 from optiml_engine.planner.params import local_params, model_params
-from optiml_engine.planner.plan import WEIGHT_BYTES, why_not
+from optiml_engine.planner.plan import WEIGHT_BYTES, recipe_shard, why_not
 
 GIB = 2**30
 
@@ -95,9 +95,13 @@ def dry_run(recipe, gpus: int | None = None, out=print) -> int:
         raise OptimlError("recipe: parallel", f"tp {p.tp} x pp {p.pp} x dp {dp}: {why}",
                           "change the layout or the batch")
     w = WEIGHT_BYTES[recipe.precision.dtype]
+    shard = recipe_shard(recipe)
     out(f"dry run: {model_params(m)['total'] / 1e9:.3f}B parameters on {world} ranks, tp {p.tp}"
-        f" x pp {p.pp} x dp {dp} ({recipe.precision.dtype}, zero1={p.zero1}); data-parallel "
+        f" x pp {p.pp} x dp {dp} ({recipe.precision.dtype}, {shard}); data-parallel "
         "replicas hold the same shapes as dp rank 0")
+    if shard == "zero3":  # its per-rank layout is the ZeRO-3 engine's to define
+        out("dry run: zero3 shards weights over data-parallel ranks: the counts below are not "
+            "compared with the planner's (planned mode)")
     out(f"{'rank':>5} {'tp':>3} {'pp':>3} {'parameters':>14} {'weights GiB':>12} "
         f"{'optimizer GiB':>14} {'planner':>14}")
     mismatches = []
@@ -107,9 +111,9 @@ def dry_run(recipe, gpus: int | None = None, out=print) -> int:
             with contextlib.redirect_stdout(io.StringIO()):  # fake-group chatter
                 r = build_rank(recipe, rank, world)
             planned = local_params(m, p.tp, p.pp, pp_rank, p.virtual_stages)
-            shards = dp if p.zero1 else 1  # FlatAdamW: fp32 master + 2 moments per shard
-            ok = (planned == r["params"] and r["weight_bytes"] == planned * w
-                  and r["optimizer_bytes"] == 12 * -(-planned // shards))
+            shards = dp if shard == "zero1" else 1  # FlatAdamW: master + 2 moments per shard
+            ok = shard == "zero3" or (planned == r["params"] and r["weight_bytes"] == planned * w
+                                      and r["optimizer_bytes"] == 12 * -(-planned // shards))
             if not ok:
                 mismatches.append(rank)
             out(f"{rank:>5} {tp_rank:>3} {pp_rank:>3} {r['params']:>14,} "

@@ -43,6 +43,15 @@ class Plan:
         return self.memory.peak_bytes <= self.budget_bytes
 
 
+def recipe_shard(recipe) -> str:
+    """The recipe's own sharding: `parallel.shard` where the schema has it, else the zero1
+    flag."""
+    shard = getattr(recipe.parallel, "shard", None)
+    if shard is not None:
+        return shard
+    return "zero1" if recipe.parallel.zero1 else "none"
+
+
 def activation_shape(recipe, tp: int) -> act.Shape:
     m = recipe.model
     return act.Shape(recipe.data.seq_length, recipe.train.micro_batch_size, m.hidden_size,
