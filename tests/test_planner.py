@@ -148,3 +148,27 @@ def test_show_refuses_a_layout_not_planned():
 
     with pytest.raises(OptimlError, match="not among the layouts"):
         main(["recipes/opt-iml-175b.yaml", "--gpus", "128", "--show", "8x16x2:none"])
+
+
+def test_step_time_by_hand():
+    """2 layers, h 64, f 256, V 128, s 32, 8 samples, tp 2 x dp 2 (no PP), recompute full."""
+    cfg = resolve_model_config(ModelConfig(vocab_size=128, hidden_size=64, num_layers=2,
+                                           num_heads=4, max_position_embeddings=64))
+    gpu = GPUS["h100"]
+    t = step_time(cfg, gpu=gpu, gpus_per_node=8, tp=2, pp=1, dp=2, virtual=1, shard="zero1",
+                  recompute="full", sp=True, seq=32, micro=2, global_batch=8, w=2,
+                  params_per_rank=1000, activation_bytes_per_micro=5000)
+    tokens, pairs = 8 * 32, 8 * 32 * 33 // 2
+    layers = 6 * 2 * (4 * 64 * 64 + 2 * 64 * 256) * tokens + 12 * 2 * 64 * pairs
+    output = 6 * 64 * 128 * tokens
+    assert t.needed_flops == layers + output
+    rate = 989e12 * 0.7
+    assert t.compute == pytest.approx((layers * 4 / 3 + output) / 4 / rate)
+    m = 8 // (2 * 2)  # micro-batches per replica
+    assert t.elementwise == pytest.approx(m * 4 * 5000 / 3350e9)
+    # 6 ring all-reduces of T h w = 2*32*64*2 bytes per layer and micro-batch over 2 ranks
+    assert t.tensor_parallel == pytest.approx(m * 2 * 6 * (2 * 1 / 2 * 8192 / 370e9))
+    assert t.pipeline == 0.0
+    # zero1: reduce-scatter of fp32 gradients + all-gather of fp16 weights, inside the node
+    assert t.data_parallel == pytest.approx((1 / 2 * 4000 + 1 / 2 * 2000) / 370e9)
+    assert t.tokens_per_s == pytest.approx(tokens / t.seconds)
