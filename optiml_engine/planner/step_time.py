@@ -121,8 +121,9 @@ def step_time(cfg, *, gpu, gpus_per_node: int, tp: int, pp: int, dp: int, virtua
     collectives = 6 if recompute == "full" else 4
     tensor_parallel = m * layers * collectives * ring(activation, tp, gpu.intra_busbw_gbps)
     per_micro = (compute + elementwise + tensor_parallel) / m
-    # Neighbouring stages are tp * dp ranks apart: on another node once that fills one.
-    p2p_bw = gpu.intra_busbw_gbps if tp * dp * 2 <= gpus_per_node else gpu.inter_busbw_gbps
+    # Neighbouring stages are tp * dp ranks apart: once the job leaves a node, some pair of
+    # neighbours sits on two nodes, and the pipeline moves at that pair's pace.
+    p2p_bw = gpu.intra_busbw_gbps if gpus <= gpus_per_node else gpu.inter_busbw_gbps
     p2p = 0.0 if pp == 1 else m * virtual * 2 * activation / (tp if sp else 1) / (p2p_bw * 1e9)
     pipeline = (pp - 1) / virtual * per_micro + p2p
     dp_bw = gpu.intra_busbw_gbps if tp * dp <= gpus_per_node else gpu.inter_busbw_gbps
