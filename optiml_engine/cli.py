@@ -16,6 +16,13 @@ def cmd_train(args) -> int:
     from optiml_engine.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # fail fast, before the heavy imports
+    if args.dry_run:
+        from optiml_engine.planner.dry_run import dry_run
+
+        return dry_run(recipe, args.gpus)
+    if args.gpus is not None:
+        raise OptimlError("optiml train --gpus", "is only read with --dry-run",
+                          "launch the processes with torchrun instead")
     from optiml_engine.eval.pipeline_eval import training_evaluator
     from optiml_engine.training.launch import train
 
@@ -51,7 +58,7 @@ DELEGATED = {
     "data": ("optiml_engine.data.bench", "build an OPT-IML bench: data build BENCH.yaml --out DIR"),
     "eval": ("optiml_engine.eval.harness", "evaluate a checkpoint on the three levels"),
     "bench": ("optiml_engine.benchmarks.cli", "kernel and system benchmarks"),
-    "plan": ("optiml_engine.planner", "memory per GPU of each parallel layout for a recipe"),
+    "plan": ("optiml_engine.planner", "memory per GPU and step time of each parallel layout"),
 }
 
 
@@ -78,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", help="YAML recipe (see recipes/)")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. "
                        "train.steps=50 optim.lr=1e-3 (a value is read as YAML)")
+    train.add_argument("--dry-run", action="store_true",
+                       help="build every rank's part on the meta device under a fake process "
+                       "group and print its parameters and bytes; trains nothing")
+    train.add_argument("--gpus", type=int, default=None,
+                       help="--dry-run: the job's world size (default: tp x pp)")
     train.set_defaults(func=cmd_train)
 
     config = verbs.add_parser("config", help="inspect recipes")
@@ -116,7 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             import importlib
 
             return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        # Overrides may also follow the options (`train R --dry-run --gpus 8 a.b=1`).
+        if extra and getattr(args, "overrides", None) is not None and all(
+                "=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
     except OptimlError as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank has it: say it once

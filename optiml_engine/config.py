@@ -174,6 +174,10 @@ class ParallelConfig:
     zero1: bool = doc("shard fp32 master weights and Adam moments over data-parallel ranks", False)
     recompute: str = doc("activation recomputation", "none", choices=["none", "full"])
     backend: str = doc("torch.distributed backend", "auto", choices=["auto", "nccl", "gloo"])
+    timeout_minutes: float = doc(
+        "how long a collective may wait for the other ranks before the job fails (torch's "
+        "default: 10; raise it when a first checkpoint load or save on a shared filesystem "
+        "takes longer, docs/launch.md)", 10.0, min=0.1, max=24 * 60)
     bucket_mb: float = doc("gradient all-reduce bucket size in MB", 25.0, min=0.0)
 
 

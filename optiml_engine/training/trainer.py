@@ -67,7 +67,8 @@ class Trainer:
         # A process group that was there before (a test's, a sweep's) outlives this run.
         self.keep_process_group = dist.is_available() and dist.is_initialized()
         if self.owns_grid:
-            state.initialize(p.tp, p.pp, p.backend, virtual=p.virtual_stages)
+            state.initialize(p.tp, p.pp, p.backend, virtual=p.virtual_stages,
+                             timeout_minutes=p.timeout_minutes)
         self.grid = state.grid()
         self.recipe = recipe
         if self.grid.rank != 0:  # one TensorBoard writer and one console
