@@ -139,6 +139,10 @@ def read_part(files: list[Path]) -> tuple[dict, dict]:
         saved = load_untrusted(file)
         if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
             raise OptimlError(str(file), "holds no \"model\" state dict", NOT_METASEQ)
+        odd = next((k for k, v in saved["model"].items() if not isinstance(v, torch.Tensor)),
+                   None)
+        if odd is not None:
+            raise OptimlError(f"{file}: model.{odd}", "is not a tensor", CORRUPT)
         models.append(saved["model"])
         metas.append(saved.get("shard_metadata"))
         if not cfg:

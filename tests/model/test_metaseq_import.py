@@ -71,9 +71,9 @@ def hand_fused_qkv(sd: dict, layer: int, kind: str, heads: list[int]) -> torch.T
 
 @pytest.mark.parametrize("n_parts, tp", [(4, 2), (2, 2), (2, 4), (4, 1)])
 def test_each_tp_rank_gets_its_heads_rows_and_columns(tmp_path, reference, n_parts, tp):
+    from optiml_engine.config import ModelConfig, resolve_model_config
     from optiml_engine.model.metaseq import engine_names, find_parts, read_part
     from optiml_engine.model.metaseq_convert import local_weights, owned_parts
-    from optiml_engine.config import ModelConfig, resolve_model_config
 
     _, sd = reference
     parts, _ = find_parts(mb.write_metaseq(tmp_path / "ms", sd, n_parts=n_parts))
