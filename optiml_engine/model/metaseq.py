@@ -58,6 +58,9 @@ def find_parts(ckpt) -> tuple[list[list[Path]], str]:
         raise OptimlError(f"--ckpt {ckpt}", "not found", NOT_METASEQ)
     found: dict[str, dict[int, dict[int | None, Path]]] = {}
     for file in sorted(directory.iterdir()):
+        if "-model_part-" in file.name and "-rank-" in file.name:
+            raise OptimlError(str(file), "an MoE expert file: expert checkpoints are not "
+                              "supported", "convert a dense OPT checkpoint")
         m = PART.match(file.name)
         if m and (want is None or m["prefix"] == want):
             shard = None if m["shard"] is None else int(m["shard"])
