@@ -135,6 +135,29 @@ def unflatten(models: list[dict], metas: list[dict]) -> dict:
     return out
 
 
+def part_shapes(files: list[Path]) -> tuple[dict, dict]:
+    """(engine name -> full shape within the part, the config as plain dicts), from the part's
+    first file alone: shard_metadata's shapes, or the tensors' (nothing is unflattened)."""
+    saved = load_untrusted(files[0])
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise OptimlError(str(files[0]), "holds no \"model\" state dict", NOT_METASEQ)
+    cfg = {"cfg": plain(saved.get("cfg")), "args": plain(saved.get("args"))}
+    meta = saved.get("shard_metadata")
+    if not any("flat_param" in k for k in saved["model"]):
+        return {RENAMES.get(k, k): tuple(t.shape) for k, t in saved["model"].items()}, cfg
+    try:
+        shapes = {}
+        for module in meta["param_metadata"]:
+            for info in module["params"].values():
+                for name, shape in zip(info["names"], info["shapes"], strict=True):
+                    key = _join(_clean(module["fsdp_path"]), _clean(name))
+                    shapes[RENAMES.get(key, key)] = tuple(int(d) for d in shape)
+    except (KeyError, TypeError, ValueError) as err:
+        raise OptimlError(str(files[0]), f"shard_metadata is malformed ({type(err).__name__}: "
+                          f"{err})", CORRUPT) from None
+    return shapes, cfg
+
+
 def read_part(files: list[Path]) -> tuple[dict, dict]:
     """(metaseq-named tensors of one part, its config as plain dicts) from its file(s)."""
     models, metas, cfg = [], [], {}
@@ -200,22 +223,22 @@ def _setting(cfg: dict, key: str):
     return None
 
 
-def model_config(part0: dict, n_parts: int, cfg: dict, where: str,
+def model_config(shapes: dict, n_parts: int, cfg: dict, where: str,
                  num_heads: int | None = None) -> ModelConfig:
-    """The ModelConfig of a checkpoint: sizes from part 0's shapes, heads from its config (or
-    `num_heads`); the config's other sizes must agree with the shapes."""
+    """The ModelConfig of a checkpoint: sizes from part 0's shapes (engine names), heads from
+    its config (or `num_heads`); the config's other sizes must agree with the shapes."""
     try:
-        embed = part0["decoder.embed_tokens.weight"]
-        positions = part0["decoder.embed_positions.weight"]
-        fc1 = part0["decoder.layers.0.fc1.weight"]
+        embed = shapes["decoder.embed_tokens.weight"]
+        positions = shapes["decoder.embed_positions.weight"]
+        fc1 = shapes["decoder.layers.0.fc1.weight"]
     except KeyError as err:
         raise OptimlError(where, f"tensor {err.args[0]} missing", NOT_METASEQ) from None
-    layers = len({int(k.split(".")[2]) for k in part0 if k.startswith("decoder.layers.")})
-    sizes = {"vocab_size": embed.shape[0] * n_parts, "word_embed_proj_dim": embed.shape[1],
-             "hidden_size": positions.shape[1], "num_layers": layers,
-             "ffn_hidden_size": fc1.shape[0] * n_parts,
-             "max_position_embeddings": positions.shape[0] - 2,  # fairseq's padding offset
-             "pre_layer_norm": "decoder.final_layer_norm.weight" in part0}
+    layers = len({int(k.split(".")[2]) for k in shapes if k.startswith("decoder.layers.")})
+    sizes = {"vocab_size": embed[0] * n_parts, "word_embed_proj_dim": embed[1],
+             "hidden_size": positions[1], "num_layers": layers,
+             "ffn_hidden_size": fc1[0] * n_parts,
+             "max_position_embeddings": positions[0] - 2,  # fairseq's padding offset
+             "pre_layer_norm": "decoder.final_layer_norm.weight" in shapes}
     for theirs, ours in (("decoder_embed_dim", "hidden_size"), ("decoder_layers", "num_layers"),
                          ("decoder_ffn_embed_dim", "ffn_hidden_size")):
         said = _setting(cfg, theirs)

@@ -24,6 +24,7 @@ from optiml_engine.model.metaseq import (
     engine_names,
     find_parts,
     model_config,
+    part_shapes,
     read_part,
     split_dim,
 )
@@ -61,8 +62,8 @@ def expected_shapes(cfg, tp: int, stage: int, pp: int) -> dict[str, tuple[int, .
     """Engine name -> this rank's local shape, from the model built on the meta device."""
     from optiml_engine.model.opt import OPTForCausalLM
 
-    with torch.device("meta"):
-        model = OPTForCausalLM(cfg)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = OPTForCausalLM(cfg)  # its seed draw must not move the caller's RNG
     out = {}
     for name, p in model.state_dict().items():
         if in_stage(name, cfg, stage, pp):
@@ -125,10 +126,8 @@ def metaseq_to_engine_sharded(ckpt_dir, out, tp: int = 1, pp: int = 1,
                               num_heads: int | None = None) -> Path:
     parts, prefix = find_parts(ckpt_dir)
     where = f"{COMMAND}: {Path(parts[0][0]).parent / prefix}"
-    first, cfg_dict = read_part(parts[0])
-    cfg = model_config(engine_names(first, str(parts[0][0])), len(parts), cfg_dict,
-                       str(parts[0][0]), num_heads)
-    del first
+    shapes, cfg_dict = part_shapes(parts[0])  # nothing unflattened, no tensor read
+    cfg = model_config(shapes, len(parts), cfg_dict, str(parts[0][0]), num_heads)
 
     def weights_for(tp_rank: int, tp: int, stage: int, pp: int) -> dict:
         indices, piece, pieces = owned_parts(len(parts), tp, tp_rank)
