@@ -180,3 +180,40 @@ def test_two_ranks_each_read_only_their_parts(tmp_path, reference):
     # Rank r unflattens only its own parts 2r and 2r + 1 (the config comes from part 0's
     # shard_metadata, without reading its tensors).
     assert reads == [["0", "1"], ["2", "3"]]
+
+
+def rewrite(part: Path, change) -> None:
+    """Load one of our own part files, change it, save it back (its stand-ins importable)."""
+    with mb.fake_omegaconf():
+        saved = torch.load(part, weights_only=False)
+        change(saved)
+        torch.save(saved, part)
+
+
+def test_inconsistent_parts_are_refused(tmp_path, reference, capsys):
+    src = mb.write_metaseq(tmp_path / "ms", reference[1], n_parts=2)
+    part1 = src / "checkpoint_1_4000.pt-model_part-1.pt"
+
+    def wrong_padding(saved):
+        saved["shard_metadata"]["param_metadata"][1]["params"]["flat_param_0"]["padding"] = 5
+
+    rewrite(part1, wrong_padding)
+    assert main(["convert", "metaseq2engine", "--ckpt", str(src), "--out",
+                 str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err
+    assert f"{part1}: shard_metadata does not match the flat parameters (ValueError: " \
+        "decoder.layers.0.flat_param_0:" in err
+
+    src = mb.write_metaseq(tmp_path / "ms2", reference[1], n_parts=2, extra_pad=0)
+    part1 = src / "checkpoint_1_4000.pt-model_part-1.pt"
+
+    def other_positions(saved):  # the root flat parameter: embed_tokens rows, then positions
+        flat = saved["model"]["flat_param_0"]
+        start = mb.VOCAB // 2 * mb.HIDDEN
+        flat[start:start + 4] += 1.0
+
+    rewrite(part1, other_positions)
+    assert main(["convert", "metaseq2engine", "--ckpt", str(src), "--out",
+                 str(tmp_path / "ck")]) == 2
+    assert "decoder.embed_positions.weight differs between parts 0 and 1, though every part " \
+        "holds all of it" in capsys.readouterr().err
