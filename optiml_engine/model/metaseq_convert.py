@@ -74,10 +74,15 @@ def expected_shapes(cfg, tp: int, stage: int, pp: int) -> dict[str, tuple[int, .
     return out
 
 
+def _join(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
+
+
 def local_weights(parts: Iterator[tuple[int, dict]], cfg, piece: int, pieces: int, tp: int,
                   stage: int, pp: int, where: str) -> dict:
     """{engine name: (this rank's fp32 slice, shard dim or None)} from its parts (index, engine-
-    named tensors), consumed one at a time."""
+    named tensors), consumed one at a time. The parts' tensors stay memory-mapped views in
+    their stored dtype until each slice is cut and converted once, to fp32."""
     split: dict[str, list] = {}
     replicated: dict[str, tuple[int, torch.Tensor]] = {}
     count = 0
@@ -88,28 +93,29 @@ def local_weights(parts: Iterator[tuple[int, dict]], cfg, piece: int, pieces: in
                 continue
             if split_dim(name) is None:
                 if name not in replicated:
-                    replicated[name] = (index, t.float())
-                elif not torch.equal(replicated[name][1], t.float()):
+                    replicated[name] = (index, t)
+                elif not torch.equal(replicated[name][1], t):
                     raise OptimlError(where, f"{name} differs between parts "
                                       f"{replicated[name][0]} and {index}, though every part "
                                       "holds all of it", "re-download the checkpoint")
             elif "qkv_proj" in name:
-                split.setdefault(name, []).append(t.float().chunk(3))  # the part's K, V, Q
+                split.setdefault(name, []).append(t.chunk(3))  # the part's K, V, Q
             else:
-                split.setdefault(name, []).append(t.float())
+                split.setdefault(name, []).append(t)
         del state
-    out = {name: (t, None) for name, (_, t) in replicated.items()}
+    out = {name: (t.float(), None) for name, (_, t) in replicated.items()}
     for name, pieces_of_parts in split.items():
         if len(pieces_of_parts) != count:
             raise OptimlError(where, f"{name} is missing from some parts",
                               "re-download the checkpoint")
         dim = split_dim(name)
         if "qkv_proj" in name:
-            k, v, q = (torch.cat([p[i] for p in pieces_of_parts]).chunk(pieces)[piece]
+            k, v, q = (_join([p[i] for p in pieces_of_parts]).chunk(pieces)[piece]
                        for i in range(3))
-            out[name] = (fuse_qkv(q, k, v, cfg.num_heads // tp), 0)
+            out[name] = (fuse_qkv(q, k, v, cfg.num_heads // tp).float(), 0)
         else:
-            out[name] = (torch.cat(pieces_of_parts, dim).chunk(pieces, dim)[piece].clone(), dim)
+            local = _join(pieces_of_parts, dim).chunk(pieces, dim)[piece]
+            out[name] = (local.to(torch.float32, copy=True).contiguous(), dim)
     want = expected_shapes(cfg, tp, stage, pp)
     missing = sorted(set(want) - set(out))
     if missing:
