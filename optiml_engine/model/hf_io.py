@@ -1,7 +1,8 @@
 """Hugging Face OPT directories <-> engine models.
 
 Weights load without executing pickles: safetensors, or `torch.load(weights_only=True)` for
-`pytorch_model.bin`. The only renaming is the fused head-major `qkv_proj` (see model/opt.py).
+`pytorch_model.bin` (either one file or shards named by its `.index.json`). The only renaming
+is the fused head-major `qkv_proj` (see model/opt.py).
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@ checkpoint without any process holding the whole model.
 
 Run it under torchrun with T x P processes (`torchrun --nproc_per_node T*P -m optiml_engine
 convert hf2engine --hf DIR --out CKPT --tp T --pp P`): each rank reads only the slices of its
-pipeline stage and tensor-parallel rank (safetensors reads slices from disk; a .bin is memory-
-mapped) and the ranks write one DCP checkpoint together. Like every engine checkpoint it loads
-under any layout. With T = P = 1 it runs in one process.
+pipeline stage and tensor-parallel rank (safetensors reads slices from disk; .bin files, single
+or sharded by pytorch_model.bin.index.json, are memory-mapped) and the ranks write one DCP
+checkpoint together (model/sharded_write.py). Like every engine checkpoint it loads under any
+layout. With T = P = 1 it runs in one process. `local_plan` says what a rank reads without
+reading it: HFInit (model/meta_init.py) reads each slice when its parameter is materialised.
 """
 
 from __future__ import annotations
