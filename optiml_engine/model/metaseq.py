@@ -51,9 +51,12 @@ def split_dim(name: str) -> int | None:
 
 def find_parts(ckpt) -> tuple[list[list[Path]], str]:
     """[files of part r (its FSDP shards in order)] for r = 0..N-1, and the prefix. `ckpt` is a
-    directory holding one checkpoint's parts, or that prefix (e.g. DIR/checkpoint_1_4000.pt)."""
+    directory holding one checkpoint's parts, that prefix (e.g. DIR/checkpoint_1_4000.pt) or
+    one of its part files."""
     ckpt = Path(ckpt)
     directory, want = (ckpt, None) if ckpt.is_dir() else (ckpt.parent, ckpt.name)
+    if want is not None and PART.match(want):  # one part's file: its checkpoint
+        want = PART.match(want)["prefix"]
     if not directory.is_dir():
         raise OptimlError(f"--ckpt {ckpt}", "not found", NOT_METASEQ)
     found: dict[str, dict[int, dict[int | None, Path]]] = {}

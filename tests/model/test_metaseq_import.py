@@ -56,6 +56,11 @@ def test_four_parts_into_tp2_in_one_process_and_a_prefix(tmp_path, reference, ca
                  "--out", str(tmp_path / "ck"), "--tp", "2"]) == 0
     assert "one process for --tp 2 --pp 1" in capsys.readouterr().err
     logits_match(tmp_path / "ck", hf_model)
+    from optiml_engine.model.metaseq import find_parts
+
+    parts, prefix = find_parts(src / "checkpoint_last.pt-model_part-1.pt")
+    assert prefix == "checkpoint_last.pt" and [[p.name for p in files] for files in parts] == [
+        ["checkpoint_last.pt-model_part-0.pt"], ["checkpoint_last.pt-model_part-1.pt"]]
 
 
 def hand_fused_qkv(sd: dict, layer: int, kind: str, heads: list[int]) -> torch.Tensor:
