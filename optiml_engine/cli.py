@@ -38,12 +38,21 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from optiml_engine.model.convert import engine_to_hf, hf_to_engine
+    from optiml_engine.model.convert import engine_to_hf, hf_to_engine, metaseq_to_engine
 
+    if args.num_heads is not None and args.direction != "metaseq2engine":
+        raise OptimlError(f"optiml convert {args.direction}", "--num-heads is only for "
+                          "metaseq2engine", "drop --num-heads")
     if args.direction == "hf2engine":
         if not args.hf:
             raise OptimlError("optiml convert hf2engine", "--hf is missing", "pass --hf DIR")
         hf_to_engine(args.hf, args.out, tp=args.tp, pp=args.pp, overwrite=args.overwrite)
+    elif args.direction == "metaseq2engine":
+        if not args.ckpt:
+            raise OptimlError("optiml convert metaseq2engine", "--ckpt is missing",
+                              "pass --ckpt DIR (the *-model_part-<r>.pt files)")
+        metaseq_to_engine(args.ckpt, args.out, tp=args.tp, pp=args.pp, overwrite=args.overwrite,
+                          num_heads=args.num_heads)
     else:
         if not args.ckpt:
             raise OptimlError("optiml convert engine2hf", "--ckpt is missing", "pass --ckpt CKPT")
@@ -104,14 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
 
     convert = verbs.add_parser("convert", help="convert checkpoints")
-    convert.add_argument("direction", choices=["hf2engine", "engine2hf"])
+    convert.add_argument("direction", choices=["hf2engine", "engine2hf", "metaseq2engine"])
     convert.add_argument("--hf", help="Hugging Face OPT directory (hf2engine)")
-    convert.add_argument("--ckpt", help="engine checkpoint directory (engine2hf)")
+    convert.add_argument("--ckpt", help="engine checkpoint directory (engine2hf), or metaseq "
+                         "checkpoint directory or prefix (metaseq2engine)")
     convert.add_argument("--out", required=True, help="output directory")
     convert.add_argument("--tp", type=int, default=1,
-                         help="tensor-parallel shards (hf2engine; default: %(default)s)")
+                         help="tensor-parallel shards (hf2engine, metaseq2engine; default: "
+                         "%(default)s)")
     convert.add_argument("--pp", type=int, default=1,
-                         help="pipeline stages (hf2engine; default: %(default)s)")
+                         help="pipeline stages (hf2engine, metaseq2engine; default: "
+                         "%(default)s)")
+    convert.add_argument("--num-heads", type=int, default=None,
+                         help="attention heads, for a metaseq checkpoint whose cfg lacks "
+                         "decoder_attention_heads (metaseq2engine)")
     convert.add_argument("--overwrite", action="store_true",
                          help="replace a non-empty --out that is not a converted checkpoint")
     convert.set_defaults(func=cmd_convert)
