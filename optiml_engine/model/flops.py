@@ -100,3 +100,28 @@ def step_flops(cfg, micro_batches: Iterable[dict], pad_id: int = 1) -> float:
         target += int((b["loss_mask"] > 0).sum())
         pairs += causal_pairs(b["doc_ids"], keep)
     return training_flops(cfg, real, target, pairs)
+
+
+# Dense bf16 tensor-core peaks (datasheets, TFLOP/s, without sparsity) that MFU is measured
+# against. `cpu` has no datasheet figure: set logging.peak_tflops (the fp32 torch.mm rate that
+# `python tools/bench_train.py --realistic` measures is a fair one).
+PEAK_TFLOPS: dict[str, float | None] = {
+    "a100-40gb": 312.0,
+    "a100-80gb": 312.0,
+    "h100": 989.0,  # SXM; the PCIe card is 756
+    "h200": 989.0,
+    "cpu": None,
+}
+
+
+def device_peak_key(device_name: str, memory_gib: float = 0.0) -> str | None:
+    """The PEAK_TFLOPS key of a device name as torch reports it (None: not in the table)."""
+    name = device_name.lower()
+    if name == "cpu":
+        return "cpu"
+    if "a100" in name:
+        return "a100-80gb" if memory_gib > 48 else "a100-40gb"
+    for key in ("h200", "h100"):
+        if key in name:
+            return key
+    return None
