@@ -17,8 +17,8 @@ from collections import defaultdict
 
 import torch
 
-ATTENTION_NODES = ("ScaledDotProduct", "IndexBackward", "CatBackward", "UnbindBackward",
-                   "TransposeBackward")
+ATTENTION_NODES = ("ScaledDotProduct", "IndexBackward", "IndexSelectBackward", "CatBackward",
+                   "SplitWithSizesBackward", "UnbindBackward", "TransposeBackward")
 PARTS = ["loader", "optimizer", "output projection + CE", "attention", "linear layers",
          "embeddings", "layer norms", "other ops", "python between ops"]
 

@@ -109,11 +109,11 @@ def realistic_main(recipe, args) -> int:
         needed = sum(step_flops(recipe.model, step) for step in timed)
         targets = engine["target_tokens"]
         rows.setdefault("needed", []).append(needed / engine["seconds"])
+        per_step = sum(len(unpack(step)) for step in timed) / len(timed)
         if args.engine_only:
             continue
         steps_examples = [unpack(step) for step in seen]
         warm, rest = steps_examples[: args.warmup], steps_examples[args.warmup :]
-        per_step = sum(len(s) for s in rest) / len(rest)
         warm_batches = [[s[i : i + micro] for i in range(0, len(s), micro)] for s in warm]
         for name, order in (("random", random_order), ("grouped", grouped_by_length)):
             hf = hf_throughput(recipe, None, args.warmup,

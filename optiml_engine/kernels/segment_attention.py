@@ -30,13 +30,15 @@ def segment_attention(q, k, v, doc_ids, dropout_p: float = 0.0, scale=None):
     # like all rounding they sit after the run's real tokens, so causal queries never see them.
     index = positions.clamp_max(total - 1)
     gathered = [t.reshape(total, h, d).index_select(0, index) for t in (q, k, v)]
-    outs, at = [], 0
-    for size, n in zip(sizes, counts, strict=True):
-        chunk = [t[at : at + n * size].view(n, size, h, d).transpose(1, 2) for t in gathered]
+    # split, not slices: a slice's backward zero-fills a full-size buffer per bucket, split's
+    # is one cat of the buckets' gradients
+    slots = [n * size for size, n in zip(sizes, counts, strict=True)]
+    outs = []
+    for size, n, *chunk in zip(sizes, counts, *(t.split(slots) for t in gathered), strict=True):
+        chunk = [t.view(n, size, h, d).transpose(1, 2) for t in chunk]
         out = F.scaled_dot_product_attention(*chunk, dropout_p=dropout_p, scale=scale,
                                              is_causal=True)
         outs.append(out.transpose(1, 2).reshape(n * size, h, d))
-        at += n * size
     # Every real token is one row of the concatenation: read them back in token order.
     source = torch.empty(total, dtype=torch.long, device=q.device)
     source[positions[real]] = real.nonzero().flatten()
