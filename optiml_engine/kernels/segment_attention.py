@@ -2,11 +2,12 @@
 S x S mask and never computes the scores the mask would throw away.
 
 Each example of a packed row is one run of `doc_ids` (segments.py). Runs are grouped by their
-length rounded up to a bucket; a group is gathered into [n, L, H, D] and attends with SDPA's
-built-in causal mask. Rounding up pads a run at its end, and a causal query never sees a later
-key, so the padding changes nothing for real tokens (its own outputs are dropped). Work is then
-the sum of L^2 over the examples instead of S^2 per row: about S / (mean example length) times
-less for instruction data.
+length rounded up to a bucket; every group's slots are gathered at once (one index_select per
+input), split into [n, L, H, D] per group, and each group attends with SDPA's built-in causal
+mask; one more index_select reads the real tokens back in order. Rounding up pads a run at its
+end, and a causal query never sees a later key, so the padding changes nothing for real tokens
+(its own outputs are dropped). Work is then the sum of L^2 over the examples instead of S^2 per
+row: about S / (mean example length) times less for instruction data.
 """
 
 from __future__ import annotations
