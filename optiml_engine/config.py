@@ -270,6 +270,10 @@ class KernelsConfig:
 class LoggingConfig:
     dir: str | None = doc("TensorBoard event files go under this directory; none disables", None)
     interval: int = doc("log every N steps", 10, min=1)
+    peak_tflops: float | None = doc(
+        "peak TFLOP/s per device that train/mfu divides by; none: the device's entry in "
+        "model/flops.py PEAK_TFLOPS (A100, H100, H200 bf16 dense; a CPU needs this key)",
+        None, min=1e-6)
 
 
 @dataclass
