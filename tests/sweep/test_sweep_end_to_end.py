@@ -33,12 +33,13 @@ def without_timings(text: str) -> str:
 
 
 @pytest.mark.slow
-def test_killed_sweep_continues_and_reports_the_same(tmp_path, bench_dir):
+def test_killed_sweep_continues_and_reports_the_same(tmp_path, bench_dir, capsys):
     sweep = tmp_path / "tiny.yaml"
     sweep.write_text(yaml.safe_dump({
         "recipe": str(REPO / "recipes" / "demo.yaml"), "bench": str(bench_dir / "out"),
         "overrides": TINY, "seeds": [1, 2], "grid": {"data.eps_cap": [4, 16, 1000]},
-        "eval": {"shots": [0], "max_instances": 1, "max_new_tokens": 2, "batch_size": 16}}))
+        "eval": {"shots": [0], "max_instances": 1, "max_new_tokens": 2, "batch_size": 16,
+                 "levels": ["heldout_category", "heldout_task"]}}))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
     killed = tmp_path / "killed"
@@ -56,13 +57,25 @@ def test_killed_sweep_continues_and_reports_the_same(tmp_path, bench_dir):
 
     os.environ["OMP_NUM_THREADS"] = "1"  # the children of this process, as above
     try:
+        capsys.readouterr()
         assert main(["sweep", str(sweep), "--out", str(killed)]) == 0
+        printed = capsys.readouterr().out.splitlines()
         reference = tmp_path / "reference"
         assert main(["sweep", str(sweep), "--out", str(reference), "--parallel", "2"]) == 0
     finally:
         del os.environ["OMP_NUM_THREADS"]
 
     names = {f"eps_cap={v}-s{s}" for v in (4, 16, 1000) for s in (1, 2)}
+    left = len(names) - len(done_at_kill)
+    assert printed[0] == (f"sweep tiny: {len(done_at_kill)} of 6 runs already done, {left} to "
+                          "run, 1 at a time -> " + str(killed))
+    progress = [line for line in printed if re.match(r"\[\d/\d\] ", line)]
+    assert len(progress) == left  # one line per finished run, its scores and the ETA
+    assert all(" | cat " in line and " | selection " in line and " | ETA " in line
+               for line in progress)
+    assert progress[-1].endswith("ETA 0s")
+    assert main(["sweep", "--status", str(killed)]) == 0
+    assert capsys.readouterr().out.startswith("sweep tiny: 6/6 done, 0 running, 0 failed")
     assert {p.parent.name for p in killed.glob("runs/*/DONE.json")} == names
     after = events(killed)[before:]
     assert not {e["run"] for e in after} & done_at_kill  # nothing finished is touched again
