@@ -168,10 +168,11 @@ def render(results: dict, agg: dict, charts: list[str] = ()) -> str:
 
     parts += ["## Cost per run", ""]
     rows = [[r["run"], f"{r['cost']['seconds']:.1f} s", str(r["cost"]["target_tokens"]),
-             f"{r['cost']['target_tokens_per_s']:.0f} tok/s", str(r["cost"]["steps"])]
+             f"{r['cost']['target_tokens_per_s']:.0f} tok/s", str(r["cost"]["steps"]),
+             "-" if r["cost"].get("final_loss") is None else f"{r['cost']['final_loss']:.4f}"]
             for r in results["runs"]]
-    parts += [_table(["run", "train wall time", "target tokens", "target tokens/s", "steps"],
-                     rows), ""]
+    parts += [_table(["run", "train wall time", "target tokens", "target tokens/s", "steps",
+                      "last step's loss"], rows), ""]
     return "\n".join(parts)
 
 

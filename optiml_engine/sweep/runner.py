@@ -88,8 +88,12 @@ def _env(parallel: int) -> dict:
 
 
 def train_command(spec: SweepSpec, run_dir: Path) -> list[str]:
-    launcher = [sys.executable] if spec.launcher == ["python"] else list(spec.launcher)
-    return [*launcher, "-m", "optiml_engine.sweep.worker", str(run_dir)]
+    """The launcher with this interpreter: `python` is it, `torchrun ARGS` its torch.distributed.run
+    (the same torch whatever PATH holds)."""
+    python, *args = spec.launcher
+    launcher = [sys.executable] if python == "python" else [sys.executable, "-m",
+                                                              "torch.distributed.run"]
+    return [*launcher, *args, "-m", "optiml_engine.sweep.worker", str(run_dir)]
 
 
 def eval_command(spec: SweepSpec, run_dir: Path, out: Path) -> list[str]:

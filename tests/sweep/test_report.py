@@ -36,7 +36,7 @@ def test_means_stds_and_deltas_equal_a_hand_computation():
     text = render(results, agg)
     assert "| B | 24.0 ± 11.1 | 24.0 ± 11.1 | +4.0 ± 2.0 | +4.0 ± 2.0 |" in text
     assert "| A (baseline) | 12.0 ± 2.0 | 24.0 ± 5.3 |" in text
-    assert "| B-s3 | 13.0 s | 3000 | 300 tok/s | 5 |" in text
+    assert "| B-s3 | 13.0 s | 3000 | 300 tok/s | 5 | 1.0000 |" in text
 
 
 def test_one_seed_has_no_std():
