@@ -1,4 +1,4 @@
-"""`optiml <verb>`: train, eval, data, convert, plan, bench, config.
+"""`optiml <verb>`: train, eval, data, convert, plan, bench, sweep, config.
 
 User errors (`OptimlError`) print one line and exit with code 2; nothing else is swallowed.
 """
@@ -68,6 +68,7 @@ DELEGATED = {
     "eval": ("optiml_engine.eval.harness", "evaluate a checkpoint on the three levels"),
     "bench": ("optiml_engine.benchmarks.cli", "kernel and system benchmarks"),
     "plan": ("optiml_engine.planner", "memory per GPU and step time of each parallel layout"),
+    "sweep": ("optiml_engine.sweep.cli", "run an ablation study (variants x seeds) and report it"),
 }
 
 

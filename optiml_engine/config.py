@@ -161,6 +161,29 @@ class DataConfig:
                                  min=0.0, max=100.0)
     mix_dialogue: float = doc("percent of the stream from dialogue data (OPT-IML: 0)", 0.0,
                               min=0.0, max=100.0)
+    task_subset: int | None = doc(
+        "train on this many of the bench's training tasks: a random subset, nested given "
+        "train.seed (the 16-task set is inside the 64-task set), fully supervised tasks always "
+        "in it (§4.4; data/subsets.py); null: all tasks", None, min=1)
+    keep_supervised_tasks: bool = doc(
+        "task_subset always keeps the fully supervised tasks (training tasks with level-3 "
+        "instances, §4.4); false: drawn like the others (the synthetic bench, where every "
+        "training task has level-3 instances)", True)
+    category_subset: int | None = doc(
+        "train on the tasks of the first N categories by decreasing training-task count (ties: "
+        "by name), plus data.keep_categories (§4.4); null: all categories", None, min=1)
+    keep_categories: list[str] = doc(
+        "categories category_subset always keeps (§4.4: those of the fully supervised "
+        "validation tasks); ones the bench lacks are said once", factory=lambda: [
+            "Question Answering", "Summarization", "Dialogue Generation"])
+    loss_on: str = doc("tokens the loss covers: target (each example's target and closing </s>, "
+                       "OPT-IML §3.2) or sequence (source and target)", "target",
+                       choices=["target", "sequence"])
+    packing: str = doc(
+        "documents: packed, attention within each example (OPT-IML §3.1); "
+        "no_document_attention: packed, attention across the examples of a sample (positions "
+        "still restart); padded: one example per sample", "documents",
+        choices=["documents", "no_document_attention", "padded"])
 
 
 @dataclass

@@ -66,7 +66,7 @@ from .prompt_config import PromptConfig, parse_prompts
 from .sources import FORMATS, TemplateLimits
 from .sources.promptsource import TASK_PER
 
-SOURCE_FORMATS = (*FORMATS, "synthetic", "text")
+SOURCE_FORMATS = (*FORMATS, "synthetic", "synthetic_mix", "text")  # mix: data/synthetic_mix.py
 DEFAULT_CAP = 100_000
 DEDUP_POLICIES = ("one_copy", "paper")
 PAPER_DROP_FROM = ("crossfit", "exmix", "t5")  # §2.1: their copies of datasets seen elsewhere
@@ -168,11 +168,12 @@ def _source(d: object, i: int, base: Path) -> SourceConfig:
         raise OptimlError(where, "each source is a mapping with name, format and path")
     _check_keys(d, set(SourceConfig.__dataclass_fields__), where)
     fmt = _choice(_typed(d, "format", str, None, where), SOURCE_FORMATS, f"{where}.format")
-    name = _typed(d, "name", str, "superni" if fmt == "synthetic" else None, where)
+    generated = fmt in ("synthetic", "synthetic_mix")  # made by our own code: no path
+    name = _typed(d, "name", str, "superni" if generated else None, where)
     if not name:
         raise OptimlError(f"{where}.name", "is missing", "name the benchmark, e.g. superni")
     path = _typed(d, "path", str, None, where)
-    if fmt != "synthetic" and not path:
+    if not generated and not path:
         raise OptimlError(f"{where}.path", "is missing", "point it at the local collection")
     if path:
         path = base / _expand(path)

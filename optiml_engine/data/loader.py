@@ -104,14 +104,16 @@ def epoch_loader(samples: PackedSamples, global_batch_size: int, micro_batch_siz
 
 def mixture_loader(mixture, seq_length: int, global_batch_size: int, micro_batch_size: int,
                    dp_rank: int = 0, dp_size: int = 1, seed: int = 0, window: int = 20000,
-                   eos_id: int = 2, pad_id: int = 1) -> PackedLoader:
-    """A bench's endless mixture stream, packed `window` stream positions at a time."""
+                   eos_id: int = 2, pad_id: int = 1, pack=pack_examples) -> PackedLoader:
+    """A bench's endless mixture stream, packed `window` stream positions at a time by
+    `pack(examples, seq_length, eos_id=, pad_id=)` (data/objective.py's, for a recipe)."""
 
-    def pack(index: int) -> PackedSamples:
+    def pack_window(index: int) -> PackedSamples:
         draws = islice(mixture.positions(index * window), window)
-        return pack_examples([(src, tgt) for _, src, tgt in draws], seq_length,
-                             eos_id=eos_id, pad_id=pad_id)
+        return pack([(src, tgt) for _, src, tgt in draws], seq_length, eos_id=eos_id,
+                    pad_id=pad_id)
 
-    return PackedLoader(pack, global_batch_size, micro_batch_size, dp_rank, dp_size, seed,
+    notes = [n for n in (getattr(mixture, "subset_note", ""), getattr(mixture, "note", "")) if n]
+    return PackedLoader(pack_window, global_batch_size, micro_batch_size, dp_rank, dp_size, seed,
                         label=f"bench mixture, windows of {window} examples"
-                        + (f" ({mixture.note})" if getattr(mixture, "note", "") else ""))
+                        + "".join(f" ({n})" for n in notes))

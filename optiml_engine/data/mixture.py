@@ -47,7 +47,9 @@ def sampling_spec(data_cfg) -> SamplingSpec:
 class BenchMixture:
     """A built bench plus a sampling spec: per-task probabilities and the seeded stream."""
 
-    def __init__(self, bench_dir: str | Path, spec: SamplingSpec, seed: int, tokenizer=None):
+    def __init__(self, bench_dir: str | Path, spec: SamplingSpec, seed: int, tokenizer=None,
+                 subset=None):
+        """subset: a data.subsets.SubsetSpec; the tasks it leaves out get weight 0."""
         self.bench = BuiltBench(bench_dir)
         manifest = self.bench.manifest
         if tokenizer is not None and tokenizer.vocab_size != manifest["vocab_size"]:
@@ -60,7 +62,14 @@ class BenchMixture:
         self.names = [t["name"] for t in tasks]
         self.sizes = [t["n_train"] for t in tasks]
         self.offsets = np.asarray([t["train_row_offset"] for t in tasks], dtype=np.int64)
-        self.probabilities = mixture_probabilities(self.sizes, [t["benchmark"] for t in tasks],
+        weighted, self.subset_note = self.sizes, ""
+        if subset is not None and subset.active:
+            from .subsets import eligible, select_tasks
+
+            kept, self.subset_note = select_tasks(tasks, subset, seed)
+            weighted = [n if t["name"] in kept or not eligible(t) else 0
+                        for t, n in zip(tasks, self.sizes, strict=True)]
+        self.probabilities = mixture_probabilities(weighted, [t["benchmark"] for t in tasks],
                                                    spec)
         self.stream = MixtureStream([max(s, 1) for s in self.sizes], self.probabilities, seed)
         trained = {t["benchmark"] for t in tasks if t["n_train"]}

@@ -81,8 +81,9 @@ def _flatten(seqs: Sequence) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pack_examples(examples: Sequence, seq_length: int, eos_id: int = EOS_ID,
-                  pad_id: int = PAD_ID) -> PackedSamples:
-    """Pack `(src_ids, tgt_ids)` pairs into `seq_length`-token samples.
+                  pad_id: int = PAD_ID, one_per_sample: bool = False) -> PackedSamples:
+    """Pack `(src_ids, tgt_ids)` pairs into `seq_length`-token samples (`one_per_sample`: no
+    packing, each example alone in its sample, in order).
 
     Too-long examples lose their oldest source tokens (counted in `num_truncated`); an example
     whose target alone does not fit is dropped (counted in `num_dropped`): targets are never cut.
@@ -103,6 +104,9 @@ def pack_examples(examples: Sequence, seq_length: int, eos_id: int = EOS_ID,
 
     lengths = src_keep + tgt_len + 2
     bin_flat, bin_offsets = _pack_flat(lengths, seq_length)
+    if one_per_sample:
+        bin_flat = np.arange(lengths.size, dtype=np.int64)
+        bin_offsets = np.arange(lengths.size + 1, dtype=np.int64)
     tokens, labels, loss_mask, position_ids, doc_ids = _C.fill_samples(
         src, src_begin, src_keep, tgt, tgt_begin, tgt_len, bin_flat, bin_offsets,
         int(seq_length), int(eos_id), int(pad_id))
