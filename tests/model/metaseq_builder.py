@@ -184,7 +184,8 @@ def write_metaseq(directory: Path, hf_state: dict, n_parts: int = 2, fsdp_world:
 
 
 def convert_worker(rank: int, src: str, out: str, tp: int, pp: int) -> None:
-    """One rank of a torchrun-like metaseq2engine; records which parts it read."""
+    """One rank of a torchrun-like metaseq2engine; records which parts it read and which
+    layers it kept."""
     import re
 
     from optiml_engine.model import metaseq_convert
@@ -195,6 +196,14 @@ def convert_worker(rank: int, src: str, out: str, tp: int, pp: int) -> None:
         reads.append(re.search(r"model_part-(\d+)", str(files[0]))[1])
         return read_part(files)
 
-    metaseq_convert.read_part = recording
+    kept, local_weights = [], metaseq_convert.local_weights
+
+    def keeping(*args, **kwargs):
+        weights = local_weights(*args, **kwargs)
+        kept.extend(sorted({n.split(".")[2] for n in weights if ".layers." in n}))
+        return weights
+
+    metaseq_convert.read_part, metaseq_convert.local_weights = recording, keeping
     metaseq_convert.metaseq_to_engine_sharded(src, out, tp, pp)
     (Path(out) / f"reads-{rank}.txt").write_text(" ".join(reads))
+    (Path(out) / f"layers-{rank}.txt").write_text(" ".join(kept))

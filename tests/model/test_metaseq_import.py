@@ -174,17 +174,24 @@ def test_bad_checkpoints_are_one_line(tmp_path, reference, capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_two_ranks_each_read_only_their_parts(tmp_path, reference):
+@pytest.mark.parametrize("tp, pp, reads, layers", [
+    # Rank r unflattens only its own parts 2r and 2r + 1 (the config comes from part 0's
+    # shard_metadata, without reading its tensors) ...
+    (2, 1, [["0", "1"], ["2", "3"]], [["0", "1"]] * 2),
+    # ... or, as a pipeline stage, every part but keeps only its layers.
+    (1, 2, [["0", "1", "2", "3"]] * 2, [["0"], ["1"]]),
+])
+def test_two_ranks_each_read_only_their_parts(tmp_path, reference, tp, pp, reads, layers):
     import harness
 
     hf_model, sd = reference
     src = mb.write_metaseq(tmp_path / "ms", sd, n_parts=4, fsdp_world=2)
-    harness.spawn(mb.convert_worker, 2, str(src), str(tmp_path / "ck"), 2, 1)
+    harness.spawn(mb.convert_worker, 2, str(src), str(tmp_path / "ck"), tp, pp)
     logits_match(tmp_path / "ck", hf_model)
-    reads = [(tmp_path / "ck" / f"reads-{r}.txt").read_text().split() for r in range(2)]
-    # Rank r unflattens only its own parts 2r and 2r + 1 (the config comes from part 0's
-    # shard_metadata, without reading its tensors).
-    assert reads == [["0", "1"], ["2", "3"]]
+    def recorded(what):
+        return [(tmp_path / "ck" / f"{what}-{r}.txt").read_text().split() for r in range(2)]
+
+    assert recorded("reads") == reads and recorded("layers") == layers
 
 
 def rewrite(part: Path, change) -> None:
