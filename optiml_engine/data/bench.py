@@ -221,10 +221,8 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
             held = set(result.eval_ids[task.name])
             split = result.split[task.name]
             train = [i for i in task.instances if i.id not in held] if split == TRAIN else []
-            # §5.4: Super-NI's definition names the candidates; the paper lists no options
-            lists = task.benchmark != "superni" or cfg.superni_options_list
             pairs = [render(task, inst, shots=cfg.train_shots, seed=cfg.seed, pool=train,
-                            list_options=lists, style=cfg.prompts.style) for inst in train]
+                            style=cfg.prompts.style) for inst in train]
             offset = len(writer.rows)
             for src, tgt in tokenize_pairs(pairs, tokenizer, cfg.max_example_tokens):
                 writer.add(t_index, src, tgt)
@@ -258,7 +256,6 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
         "max_example_tokens": cfg.max_example_tokens, "train_shots": cfg.train_shots,
         "max_eval_instances": cfg.held_out.max_eval_instances,
         "prompts": cfg.prompts.style.to_dict(),  # PromptStyle.from_dict renders alike
-        "superni_options_list": cfg.superni_options_list,  # the eval renders its prompts alike
         "dataset_aliases": cfg.aliases,  # the eval merges a dataset's tasks across benchmarks
         "held_out_categories": cfg.held_out.categories, "benchmarks": benchmarks,
         "categories": categories, "tasks": entries,

@@ -7,8 +7,6 @@ seed: 1
 tokenizer: byte                 # or a tokenizer.json / GPT-2 vocab directory
 max_example_tokens: 2046        # source is left-truncated so source + target fit
 train_shots: 0                  # demonstrations in training prompts (paper: off)
-superni_options_list: true      # list a Super-NI task's answer options after its input (paper
-                                # §5.4: false; the definition names them)
 default_cap: 100000             # instances per task (FLAN sources: cap: 30000)
 sources:
   - {name: superni, format: superni, path: ${SUPERNI_DIR}, required: true}
@@ -132,7 +130,6 @@ class BenchConfig:
     dedup_policy: str = "one_copy"  # or "paper" (§2.1), see consolidate.dedup_datasets
     dedup_drop_from: list[str] = field(default_factory=lambda: list(PAPER_DROP_FROM))
     prompts: PromptConfig = field(default_factory=PromptConfig)  # see prompt_config.py
-    superni_options_list: bool = True  # paper (§5.4): False
 
 
 def _check_keys(d: dict, allowed: set[str], where: str) -> None:
@@ -248,7 +245,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
         raise OptimlError(str(path), "a bench config is a YAML mapping")
     top = {"name", "seed", "tokenizer", "max_example_tokens", "train_shots", "default_cap",
            "sources", "categories", "on_unmapped", "dedup", "held_out", "leakage", "templates",
-           "prompts", "superni_options_list"}
+           "prompts"}
     _check_keys(raw, top, str(path))
     where = str(path)
     sources = raw.get("sources")
@@ -311,8 +308,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
                              DEDUP_POLICIES, f"{where}: dedup.policy"),
         dedup_drop_from=[str(b) for b in _typed(dedup, "drop_from", list,
                                                  list(PAPER_DROP_FROM), f"{where}: dedup")],
-        prompts=parse_prompts(raw.get("prompts"), f"{where}: prompts"),
-        superni_options_list=_typed(raw, "superni_options_list", bool, True, where))
+        prompts=parse_prompts(raw.get("prompts"), f"{where}: prompts"))
     if cfg.max_example_tokens < 2:
         raise OptimlError(f"{where}: max_example_tokens", "must be at least 2")
     return cfg

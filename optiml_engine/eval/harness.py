@@ -53,10 +53,22 @@ class EvalSettings:
         return sorted({s for et in suite for s in self.shots_for(et)})
 
 
-def _default_render(task, instance, shots, seed, pool, list_options=True):
-    from optiml_engine.data.prompts import render
+def _default_render(task, instance, shots, seed, pool, list_options=True, style=None):
+    from optiml_engine.data.prompts import FIXED, render
 
-    return render(task, instance, shots=shots, seed=seed, pool=pool, list_options=list_options)
+    return render(task, instance, shots=shots, seed=seed, pool=pool, list_options=list_options,
+                  style=style or FIXED)
+
+
+def task_renderer(task, protocol: EvalProtocol):
+    """`render(task, instance, shots, seed, pool)` for `task`: a built bench's tasks render as
+    its training prompts did (delimiters, instructions: its manifest's `prompts`), options
+    listed as `protocol.lists_options` says."""
+    from optiml_engine.data.prompts import PromptStyle
+
+    style = PromptStyle.from_dict((getattr(task, "meta", None) or {}).get("prompt_style"))
+    return partial(_default_render, list_options=protocol.lists_options(task),
+                   style=replace(style, list_options=True))  # list_options= decides
 
 
 def _dataset_key(task, aliases: dict[str, str]) -> str:
@@ -112,7 +124,7 @@ def evaluate_task(model, tokenizer, et: EvalTask, shots: int, settings: EvalSett
             "dataset": meta.get("dataset_key") or _dataset_key(task, {}),
             "task_group": meta.get("task_group")}
     if render is _default_render:
-        render = partial(_default_render, list_options=protocol.lists_options(task))
+        render = task_renderer(task, protocol)
     ranked = protocol.ranks(task)
     rendered = [render(task, inst, shots, settings.seed, et.demo_pool) for inst in instances]
     # Longest first: batches hold prompts of similar length (less padding); order restored after.

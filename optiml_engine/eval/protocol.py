@@ -73,10 +73,13 @@ class EvalProtocol:
                                     and self.superni_scoring == "generate")
 
     def lists_options(self, task) -> bool:
+        """Whether `task`'s prompts get an "Options:" list: as its built bench's training
+        prompts did (`prompts.list_options`), Super-NI's as `superni_options_list` says."""
+        meta = getattr(task, "meta", None) or {}
         if task.benchmark != "superni":
-            return True
+            return bool(meta.get("trained_options_list", True))
         if self.superni_options_list is None:
-            return bool((getattr(task, "meta", None) or {}).get("trained_options_list", False))
+            return bool(meta.get("trained_options_list", False))
         return self.superni_options_list
 
 
@@ -142,7 +145,7 @@ def add_arguments(p) -> None:
                    "(paper) or rank classification")
     p.add_argument("--superni-options-list", choices=("on", "off"),
                    help="list a Super-NI task's options after its input (default: as the "
-                   "built bench's superni_options_list, off elsewhere: the paper's)")
+                   "built bench's prompts.list_options, off elsewhere: the paper's)")
     p.add_argument("--group-tasks", choices=("on", "off"), help="average a dataset's template "
                    "tasks and a task's subtasks (MMLU subjects) into one task (paper: on)")
     p.add_argument("--merge-benchmarks", choices=("on", "off"), help="average the same dataset "

@@ -143,15 +143,18 @@ def built_bench_suite(directory: Path) -> list[EvalTask]:
     (the prompt renderer never uses the query itself)."""
     from optiml_engine.data.bench_store import BuiltBench
     from optiml_engine.data.consolidate import dataset_key
+    from optiml_engine.data.prompts import PromptStyle
 
     suite = []
     bench = BuiltBench(directory)
-    # benches built before the key listed options for every task
-    listed = bench.manifest.get("superni_options_list", True)
+    # the training prompts' layout (data/prompts.py PromptStyle): evaluation renders alike
+    style = bench.manifest.get("prompts")
+    listed = PromptStyle.from_dict(style).list_options
     aliases = bench.manifest.get("dataset_aliases") or {}
     for level, pairs in bench.eval_sets().items():
         for task, instances in pairs:
             task.meta["trained_options_list"] = listed
+            task.meta["prompt_style"] = style
             task.meta["dataset_key"] = dataset_key(task, aliases)  # as the bench's dedup names it
             pool = None
             if level == "heldout_instance":

@@ -1,7 +1,9 @@
-"""`superni_options_list` (§5.4): the paper's Super-NI training prompts list no answer options
-(the definition names them); the built bench says which it did, and evaluation renders alike."""
+"""`prompts.list_options` (§5.4, Figure 1): the paper's training prompts list no answer options
+(Super-NI's definition names them); the built bench says which it did, and evaluation renders
+alike."""
 
 import json
+import random
 
 import pytest
 import yaml
@@ -32,11 +34,11 @@ def _build(tmp_path, **cfg):
 
 @pytest.mark.parametrize("listed", [False, True])
 def test_superni_training_prompts_list_options_only_when_asked(tmp_path, listed):
-    bench, sources = _build(tmp_path, superni_options_list=listed)
+    bench, sources = _build(tmp_path, prompts={"list_options": listed})
     assert len(sources) == 8  # 10 instances, 2 held out
     assert all(("Options:\n- no\n- yes\nOutput:" in s) == listed for s in sources)
     assert all(s.startswith("Definition: Answer yes or no.\n\nInput: is ") for s in sources)
-    assert bench.manifest["superni_options_list"] is listed
+    assert bench.manifest["prompts"]["list_options"] is listed
     [et] = built_bench_suite(tmp_path / "out")
     assert PAPER.lists_options(et.task) is listed  # evaluation prompts as the training ones
 
@@ -54,4 +56,20 @@ def test_the_opt_iml_bench_recipe_lists_none(monkeypatch):
     monkeypatch.setenv("OPTIML_DATA", "/nowhere")
     monkeypatch.setenv("OPT_TOKENIZER", "byte")
     cfg = load_bench_config(Path(__file__).parents[2] / "recipes/bench/opt-iml.yaml")
-    assert cfg.superni_options_list is False
+    assert cfg.prompts.style.list_options is False
+
+
+def test_evaluation_prompts_use_the_training_delimiters(tmp_path):
+    """A bench built with §2.4's random delimiters: each held-out instance's eval prompt ends with
+    the delimiter drawn for it from the bench seed, the one training would use."""
+    from optiml_engine.data.prompts import PAPER_DELIMITERS
+    from optiml_engine.eval.harness import task_renderer
+
+    _build(tmp_path, prompts={"delimiter": "random", "list_options": False})
+    [et] = built_bench_suite(tmp_path / "out")
+    render = task_renderer(et.task, PAPER)
+    for inst in et.instances:
+        drawn = random.Random(f"1:delimiter:{et.task.name}:{inst.id}").choice(PAPER_DELIMITERS)
+        source, target = render(et.task, inst, 0, 1, et.demo_pool)
+        assert source == f"Definition: Answer yes or no.\n\nInput: {inst.input}{drawn}"
+        assert target == " " + inst.outputs[0]
