@@ -39,6 +39,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+LANGUAGE_KEYS = ("Input_language", "Output_language", "Instruction_language")
+
+
 def task_record(task: Task, split: str, eval_ids: list[str]) -> dict:
     return {
         "name": task.name, "benchmark": task.benchmark, "category": task.category,
@@ -50,6 +53,8 @@ def task_record(task: Task, split: str, eval_ids: list[str]) -> dict:
         # the prompt each instance was rendered with (merged PromptSource datasets), so an
         # evaluation can average over a dataset's prompts (§4.1)
         "instance_templates": task.meta.get("instance_templates") or {},
+        # Super-NI's languages: a non-English task is scored by the xlingual ROUGE-L (§5.4)
+        "languages": {k: task.meta[k] for k in LANGUAGE_KEYS if k in task.meta},
     }
 
 
@@ -61,7 +66,8 @@ def task_from_record(rec: dict) -> Task:
                 negative_examples=[Example(**e) for e in rec["negative_examples"]],
                 metric=rec["metric"], dataset=rec["dataset"], source=rec["source"],
                 meta={"split": rec["split"], "eval_ids": rec["eval_ids"],
-                      "instance_templates": rec.get("instance_templates") or {}})
+                      "instance_templates": rec.get("instance_templates") or {},
+                      **rec.get("languages", {})})
 
 
 class ShardWriter:

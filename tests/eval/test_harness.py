@@ -336,3 +336,30 @@ def test_run_eval_writes_no_carriage_returns_to_a_log(model, tmp_path, capsys):
     lines = err.splitlines()
     assert lines[-1].startswith("eval: 100% (28/28 instances, task 6/6: taskC 2-shot)")
     assert all(line.startswith("eval: ") for line in lines) and len(lines) == 10  # 10 batches
+
+
+def test_built_bench_keeps_superni_languages_for_the_xlingual_rouge(tmp_path):
+    """A built bench's task records carry Super-NI's language fields, so a French held-out
+    task is scored on the xlingual ROUGE-L track after a round trip through tasks.jsonl."""
+    import yaml
+
+    from optiml_engine.data.bench import build_bench
+    from optiml_engine.eval.harness import _task_languages_xlingual
+    from optiml_engine.eval.suite import built_bench_suite
+
+    (tmp_path / "ni" / "tasks").mkdir(parents=True)
+    for name, lang in (("task9001_toy_fr", "French"), ("task9002_toy_en", "English")):
+        task = {"Definition": ["Answer."], "Categories": ["Misc."], "Source": [name],
+                "Input_language": [lang], "Output_language": [lang],
+                "Instruction_language": ["English"],
+                "Instances": [{"id": f"{name}-{k}", "input": f"q{k}", "output": [f"r{k}"]}
+                              for k in range(6)]}
+        (tmp_path / "ni" / "tasks" / f"{name}.json").write_text(json.dumps(task))
+    config = {"name": "langs", "seed": 1, "tokenizer": "byte", "max_example_tokens": 600,
+              "sources": [{"name": "superni", "format": "superni", "path": "ni"}],
+              "held_out": {"instances": 2}}
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
+    build_bench(tmp_path / "bench.yaml", tmp_path / "out", force=True)
+    xlingual = {et.task.name: _task_languages_xlingual(et.task)
+                for et in built_bench_suite(tmp_path / "out")}
+    assert xlingual == {"task9001_toy_fr": True, "task9002_toy_en": False}
