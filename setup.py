@@ -84,7 +84,11 @@ setup(
             "transformers>=4.40",
             # `make test` and `make lint` run `ruff check .` (pyproject.toml: line length 100).
             "ruff>=0.4",
+            # the bench tests read PromptSource rows from parquet and save_to_disk directories
+            "datasets>=3",
         ],
+        # `optiml data build` over PromptSource rows stored as parquet or by save_to_disk
+        "bench": ["datasets>=3"],
         "apex": [],
     },
     entry_points={"console_scripts": ["optiml=optiml_engine.cli:main"]},

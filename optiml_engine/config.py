@@ -197,6 +197,10 @@ class ParallelConfig:
     zero1: bool = doc("shard fp32 master weights and Adam moments over data-parallel ranks", False)
     recompute: str = doc("activation recomputation", "none", choices=["none", "full"])
     backend: str = doc("torch.distributed backend", "auto", choices=["auto", "nccl", "gloo"])
+    timeout_minutes: float = doc(
+        "how long a collective may wait for the other ranks before the job fails (torch's "
+        "default: 10; raise it when a first checkpoint load or save on a shared filesystem "
+        "takes longer, docs/launch.md)", 10.0, min=0.1, max=24 * 60)
     bucket_mb: float = doc("gradient all-reduce bucket size in MB", 25.0, min=0.0)
 
 
@@ -264,6 +268,9 @@ class EvalConfig:
     subset_instances: int = doc("in-training evaluation: instances per task", 20, min=1)
     length_normalize: bool = doc(
         "rank classification picks the highest mean (not summed) token log-likelihood", False)
+    protocol: str = doc("scoring and averaging rules: the paper's (Super-NI by generation + "
+                        "ROUGE-L, categories as task means; see optiml eval --help) or the "
+                        "engine's earlier ones", "paper", choices=["paper", "engine"])
 
 
 @dataclass
@@ -286,6 +293,10 @@ class KernelsConfig:
 class LoggingConfig:
     dir: str | None = doc("TensorBoard event files go under this directory; none disables", None)
     interval: int = doc("log every N steps", 10, min=1)
+    peak_tflops: float | None = doc(
+        "peak TFLOP/s per device that train/mfu divides by; none: the device's entry in "
+        "model/flops.py PEAK_TFLOPS (A100, H100, H200 bf16 dense; a CPU needs this key)",
+        None, min=1e-6)
 
 
 @dataclass

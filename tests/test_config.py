@@ -118,7 +118,7 @@ FLOAT_KEYS = _float_keys()
 def test_every_float_key_is_covered():
     assert {"optim.lr", "optim.clip_grad", "model.dropout", "optim.betas",
             "precision.initial_loss_scale", "data.temperature"} <= set(FLOAT_KEYS)
-    assert len(FLOAT_KEYS) == 16
+    assert len(FLOAT_KEYS) == 17  # + parallel.timeout_minutes
 
 
 @pytest.mark.parametrize("key", FLOAT_KEYS)

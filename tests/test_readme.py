@@ -101,7 +101,7 @@ def test_the_using_it_block_runs(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in (runs / "demo-parallel" / "checkpoints").iterdir()) == [
         "step_0000002"]
     parallel = json.loads((runs / "eval-parallel" / "results.json").read_text())
-    assert len(parallel["instances"]) == 12
+    assert len(parallel["instances"]) == 12 * 3  # default shots: Super-NI's 0, 2 and 5 (§5.4)
     assert (tmp_path / "hf-out" / "config.json").is_file() and (tmp_path / "ckpt" / "opt").is_dir()
     # config show's output is the recipe the train line resolves (as far as it was shown)
     shown = tmp_path / "shown.yaml"

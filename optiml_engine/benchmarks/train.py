@@ -31,18 +31,29 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def engine_throughput(recipe, steps: int, warmup: int) -> tuple[dict, list]:
-    """The engine's figures over the timed steps, and the micro-batches of every step."""
+def engine_throughput(recipe, steps: int, warmup: int, examples=None,
+                      profile: str | None = None) -> tuple[dict, list]:
+    """The engine's figures over the timed steps, and the micro-batches of every step.
+    `examples` ((src, tgt) id pairs) replace the recipe's data, packed into
+    `data.seq_length`-token samples; `profile` names a file for torch.profiler's breakdown of
+    the timed steps (benchmarks/profile_step.py)."""
+    from optiml_engine.data.loader import epoch_loader
+    from optiml_engine.data.packing import pack_examples
     from optiml_engine.training.trainer import Trainer
 
     trainer = Trainer(recipe, verbose=False)
+    if examples is not None:
+        t = recipe.train
+        trainer.loader = epoch_loader(pack_examples(examples, recipe.data.seq_length),
+                                      t.global_batch_size, t.micro_batch_size, seed=t.seed)
     trainer.model.train()
     pad_id = trainer.tokenizer.pad_id
     seen = []
     next_step = trainer.loader.next_step
 
     def recording_next_step():
-        seen.append(next_step())
+        with torch.profiler.record_function("loader.next_step"):
+            seen.append(next_step())
         return seen[-1]
 
     trainer.loader.next_step = recording_next_step
@@ -51,13 +62,25 @@ def engine_throughput(recipe, steps: int, warmup: int) -> tuple[dict, list]:
         for _ in range(warmup):
             trainer.train_step()
         _sync()
-        target, start = 0.0, time.perf_counter()
-        for _ in range(steps):
-            out = trainer.train_step()
-            target += out["target_tokens"]
-            losses.append(out["loss"])
-        _sync()
-        seconds = time.perf_counter() - start
+        with contextlib.ExitStack() as stack:
+            if profile:
+                from optiml_engine.benchmarks.profile_step import named_parts
+
+                stack.enter_context(named_parts(trainer))
+                prof = stack.enter_context(torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU]))
+            target, start = 0.0, time.perf_counter()
+            for _ in range(steps):
+                with torch.profiler.record_function("train_step"):
+                    out = trainer.train_step()
+                target += out["target_tokens"]
+                losses.append(out["loss"])
+            _sync()
+            seconds = time.perf_counter() - start
+        if profile:
+            from optiml_engine.benchmarks.profile_step import write_profile
+
+            write_profile(prof, profile, steps, seconds)
     finally:
         trainer.close()  # gives back the grid (and a checkpoint.dir lock) it took
     timed = [b for step in seen[warmup:] for b in step]
@@ -106,8 +129,10 @@ def hf_micro_batches(examples, micro_batch: int | None, seed: int) -> list[list]
     return [order[i:i + micro_batch] for i in range(0, len(order), micro_batch)]
 
 
-def hf_throughput(recipe, steps_examples, warmup: int, micro_batch: int | None = None) -> dict:
-    """A plain transformers loop over the same examples, padded per (micro-)batch."""
+def hf_throughput(recipe, steps_examples, warmup: int, micro_batch: int | None = None,
+                  steps_batches=None) -> dict:
+    """A plain transformers loop over the same examples, padded per (micro-)batch; or over
+    `steps_batches` (per step, its micro-batches of examples: the realistic mode's orders)."""
     import transformers
 
     m = recipe.model
@@ -131,15 +156,17 @@ def hf_throughput(recipe, steps_examples, warmup: int, micro_batch: int | None =
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=dtype)
 
+    if steps_batches is None:
+        steps_batches = [hf_micro_batches(examples, micro_batch, recipe.train.seed + i)
+                         for i, examples in enumerate(steps_examples)]
     target = real = padded = 0.0
     start = time.perf_counter()
-    for i, examples in enumerate(steps_examples):
+    for i, batches in enumerate(steps_batches):
         if i == warmup:
             _sync()
             target = real = padded = 0.0
             start = time.perf_counter()
-        batches = hf_micro_batches(examples, micro_batch, recipe.train.seed + i)
-        step_target = sum(n for _, n in examples)
+        step_target = sum(n for batch in batches for _, n in batch)
         for batch in batches:
             ids, mask, labels = (t.to(device) for t in padded_batch(batch))
             n_target = sum(n for _, n in batch)
@@ -162,17 +189,12 @@ def hf_throughput(recipe, steps_examples, warmup: int, micro_batch: int | None =
             "padding_efficiency": real / padded if padded else None}
 
 
-def step_flops(model_cfg, examples) -> float:
-    """FLOPs the examples need, forward + backward (3x the forward): every token through the
-    dense layers, causal attention inside each example, logits of target tokens only."""
-    h, layers, ffn, vocab = (model_cfg.hidden_size, model_cfg.num_layers,
-                             model_cfg.ffn_hidden_size, model_cfg.vocab_size)
-    tokens = sum(len(ids) for ids, _ in examples)
-    targets = sum(n for _, n in examples)
-    dense = 2 * layers * (4 * h * h + 2 * h * ffn) * tokens  # QKV + out, fc1 + fc2
-    attn = sum(4 * layers * h * n * (n + 1) / 2 for n in (len(ids) for ids, _ in examples))
-    head = 2 * vocab * h * targets
-    return 3.0 * (dense + attn + head)
+def examples_flops(model_cfg, examples) -> float:
+    """Needed FLOPs of (ids, n_target) examples, forward + backward (model/flops.py)."""
+    from optiml_engine.model.flops import model_flops
+
+    return model_flops(model_cfg, [len(ids) for ids, _ in examples],
+                       target_tokens=sum(n for _, n in examples))
 
 
 def matmul_tflops() -> float:
@@ -206,7 +228,7 @@ def measure(recipe, steps: int, warmup: int, hf_micro_batch: int | None = None,
     steps_examples = [unpack(step) for step in seen]
     hf = hf_throughput(recipe, steps_examples, warmup, hf_micro_batch)
     timed = [e for step in steps_examples[warmup:] for e in step]
-    flops = step_flops(recipe.model, timed)
+    flops = examples_flops(recipe.model, timed)
     engine["mfu"] = flops / engine["seconds"] / peak
     hf["mfu"] = flops / hf["seconds"] / peak
     return {"engine": engine, "transformers": hf,
@@ -221,6 +243,15 @@ QUICK = ["data.bench=null", "data.synthetic=true", "data.synthetic_examples=200"
          "train.micro_batch_size=4", "train.global_batch_size=4"]
 
 
+def realistic_overrides(width: int) -> list[str]:
+    """--realistic: OPT's vocabulary, `width` x 4 layers (heads of 64), 1024-token samples, 8 per
+    step; the recipe's own data is replaced by benchmarks/realistic.py's examples."""
+    return ["data.bench=null", "data.synthetic=true", "data.synthetic_examples=8",
+            "model.vocab_size=50272", f"model.hidden_size={width}", "model.num_layers=4",
+            f"model.num_heads={width // 64}", "model.max_position_embeddings=2048",
+            "data.seq_length=1024", "train.micro_batch_size=4", "train.global_batch_size=8"]
+
+
 def main(argv=None) -> int:
     from optiml_engine.config import load_recipe
 
@@ -228,22 +259,54 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/demo.yaml",
                         help="the model and data to train (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=10,
-                        help="timed optimizer steps (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed optimizer steps (default: 10; 4 with --realistic)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps first (default: 2; 1 with --realistic)")
     parser.add_argument("--hf-micro-batch", type=int, default=None,
                         help="transformers: examples per padded batch (default: a step's "
-                        "examples in one batch)")
+                        "examples in one batch; 8 with --realistic)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run of seconds: 2 steps after 1, with {' '.join(QUICK)}")
+    parser.add_argument("--realistic", action="store_true",
+                        help="instruction-like synthetic ids (benchmarks/realistic.py), OPT's "
+                             "vocabulary 50272, 4 layers, 1024-token samples; baselines: "
+                             "transformers padded in random order and grouped by length; the "
+                             "needed-FLOP rate against a large fp32 torch.mm in the same run")
+    parser.add_argument("--width", type=int, default=256, choices=[256, 512, 768],
+                        help="model width with --realistic (default: %(default)s)")
+    parser.add_argument("--examples", type=int, default=2000,
+                        help="synthetic examples with --realistic (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="interleaved rounds of the three loops with --realistic "
+                             "(default: %(default)s)")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="with --realistic: skip the transformers loops (for profiling)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="with --realistic: write torch.profiler's breakdown of the "
+                             "engine's timed steps here")
     parser.add_argument("overrides", nargs="*", help="section.key=value recipe overrides")
     args = parser.parse_args(argv)
-    if args.quick:
+    realistic = args.realistic
+    if args.profile and not realistic:
+        parser.error("--profile needs --realistic")
+    default_steps, default_warmup = (4, 1) if realistic else (10, 2)
+    args.steps = default_steps if args.steps is None else args.steps
+    args.warmup = default_warmup if args.warmup is None else args.warmup
+    if args.quick and realistic:  # a smoke run of the realistic mode: one round of 1 step
+        args.steps, args.warmup, args.repeats, args.examples = 1, 1, 1, 300
+    elif args.quick:
         args.steps, args.warmup, args.overrides = 2, 1, [*QUICK, *args.overrides]
+    if realistic:
+        args.hf_micro_batch = args.hf_micro_batch or 8
+        args.overrides = [*realistic_overrides(args.width), *args.overrides]
     recipe = load_recipe(args.recipe, [*args.overrides, "model.dropout=0.0",
                                        "checkpoint.dir=null", "logging.dir=null"])
+    if realistic:
+        from optiml_engine.benchmarks.realistic import realistic_main
+
+        return realistic_main(recipe, args)
     figures = measure(recipe, args.steps, args.warmup, args.hf_micro_batch)
     engine, hf = figures["engine"], figures["transformers"]
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else \

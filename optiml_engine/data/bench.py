@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ..errors import OptimlError, read_json
 from .bench_config import BenchConfig, SourceConfig, load_bench_config
-from .bench_store import FORMAT_VERSION, ShardWriter, sha256_file, task_record
+from .bench_store import FORMAT_VERSION, BuiltBench, ShardWriter, sha256_file, task_record
+from .bench_summary import table_one
 from .consolidate import (
     TRAIN,
     Consolidated,
@@ -31,9 +32,11 @@ from .consolidate import (
     cap_instances,
     dedup_datasets,
     drop_excluded,
+    eval_roles,
     map_categories,
 )
 from .leakage import find_leaks, find_task_leaks
+from .prompt_config import apply_instructions
 from .prompts import fit_to_length, render
 from .sources import load_tasks
 from .sources.common import expand
@@ -58,7 +61,8 @@ def tokenize_pairs(pairs: list[tuple[str, str]], tokenizer, max_tokens: int
 def _code_fingerprint() -> str:
     here = Path(__file__).parent
     names = ["synthetic.py", "synthetic_specs.py", "prompts.py", "bench.py", "consolidate.py",
-             "bench_store.py", "leakage.py"]
+             "bench_store.py", "leakage.py", "prompt_config.py", "sources/promptsource.py",
+             "sources/records.py", "sources/seq2seq.py"]
     return hashlib.sha256(b"".join((here / n).read_bytes() for n in names)).hexdigest()
 
 
@@ -79,7 +83,8 @@ def input_fingerprint(cfg: BenchConfig) -> str:
     return h.hexdigest()
 
 
-def _read_source(src: SourceConfig, skipped: list[Skipped], limits) -> list[Task]:
+def _read_source(src: SourceConfig, skipped: list[Skipped], limits, cot_target: str
+                 ) -> list[Task]:
     if src.format == "synthetic_mix":  # its tasks name their own benchmarks
         from .synthetic_mix import synthetic_mix_tasks
 
@@ -110,7 +115,8 @@ def _read_source(src: SourceConfig, skipped: list[Skipped], limits) -> list[Task
     for unit in units:
         try:
             tasks.extend(load_tasks(unit, src.format, benchmark=src.name, seed=src.seed,
-                                    limits=limits))
+                                    limits=limits, task_per=src.task_per,
+                                    cot_target=cot_target))
         except OptimlError as err:
             if src.on_error == "fail":
                 raise
@@ -124,7 +130,7 @@ def read_all(cfg: BenchConfig) -> tuple[list[Task], list[Skipped], dict[str, int
     capped: dict[str, int] = {}
     for src in cfg.sources:
         cap = src.cap or (FLAN_TASK_CAP if src.format == "flan" else cfg.default_cap)
-        for task in _read_source(src, skipped, cfg.templates):
+        for task in _read_source(src, skipped, cfg.templates, cfg.prompts.reasoning_target):
             dropped = cap_instances(task, cap, cfg.seed)
             if dropped:
                 capped[task.name] = dropped
@@ -187,26 +193,38 @@ def _check_task_leakage(result: Consolidated, cfg: BenchConfig) -> list[dict]:
         for leak in leaks:
             if leak["train"] not in worst or leak["share"] > worst[leak["train"]]["share"]:
                 worst[leak["train"]] = leak
+        benchmark = {t.name: t.benchmark for t in result.tasks}
         result.tasks = [t for t in result.tasks if t.name not in worst]
         for name, leak in sorted(worst.items()):
             del result.split[name], result.eval_ids[name]
             result.skipped.append(Skipped(name, f"leakage: {leak['share']:.1%} of eval task "
                                                 f"{leak['eval']}'s examples share a "
-                                                f"{cfg.leakage.n}-gram with it (§2.3)"))
+                                                f"{cfg.leakage.n}-gram with it (§2.3)",
+                                          benchmark[name]))
     return leaks
+
+
+def prompts_per_task(task: Task) -> int:
+    """Prompts a task's instances are rendered with (Table 1's "# prompts / task"): a merged
+    PromptSource dataset's templates, a FLAN dataset's patterns, else 1."""
+    templates = task.meta.get("templates")
+    return len(templates) if isinstance(templates, list) else int(task.meta.get("patterns", 1))
 
 
 def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
            leaks: list[dict], capped: dict[str, int], tokenizer) -> dict:
     writer = ShardWriter(out / "train", tokenizer.vocab_size)
+    roles = eval_roles(result, cfg)
     entries = []
     with (out / "tasks.jsonl").open("w", encoding="utf-8") as tasks_file:
         for t_index, task in enumerate(result.tasks):
             held = set(result.eval_ids[task.name])
             split = result.split[task.name]
             train = [i for i in task.instances if i.id not in held] if split == TRAIN else []
-            pairs = [render(task, inst, shots=cfg.train_shots, seed=cfg.seed, pool=train)
-                     for inst in train]
+            # §5.4: Super-NI's definition names the candidates; the paper lists no options
+            lists = task.benchmark != "superni" or cfg.superni_options_list
+            pairs = [render(task, inst, shots=cfg.train_shots, seed=cfg.seed, pool=train,
+                            list_options=lists, style=cfg.prompts.style) for inst in train]
             offset = len(writer.rows)
             for src, tgt in tokenize_pairs(pairs, tokenizer, cfg.max_example_tokens):
                 writer.add(t_index, src, tgt)
@@ -218,6 +236,7 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
                 "dataset": task.dataset, "metric": task.metric, "split": split,
                 "n_instances": len(task.instances), "n_train": len(train),
                 "n_eval": len(held), "train_row_offset": offset,
+                "eval_role": roles.get(task.name), "prompts": prompts_per_task(task),
                 "sha256": hashlib.sha256(line.encode()).hexdigest()})
     storage = writer.close()
     categories: dict[str, dict] = {}
@@ -238,6 +257,9 @@ def _write(result: Consolidated, cfg: BenchConfig, out: Path, fingerprint: str,
         "seed": cfg.seed, "tokenizer": cfg.tokenizer, "vocab_size": tokenizer.vocab_size,
         "max_example_tokens": cfg.max_example_tokens, "train_shots": cfg.train_shots,
         "max_eval_instances": cfg.held_out.max_eval_instances,
+        "prompts": cfg.prompts.style.to_dict(),  # PromptStyle.from_dict renders alike
+        "superni_options_list": cfg.superni_options_list,  # the eval renders its prompts alike
+        "dataset_aliases": cfg.aliases,  # the eval merges a dataset's tasks across benchmarks
         "held_out_categories": cfg.held_out.categories, "benchmarks": benchmarks,
         "categories": categories, "tasks": entries,
         # tasks removed by a bench rule, by rule: dedup (§2.1), Super-NI excluded_tasks.txt and
@@ -295,11 +317,14 @@ def build_bench(config_path: str | Path, out_dir: str | Path, force: bool = Fals
     skipped += excluded
     tasks, unmapped = map_categories(tasks, cfg)
     tasks, duplicates = dedup_datasets(tasks, cfg)
+    # after dedup: a CrossFit / ExMix / T5 copy that is dropped needs no sentence
+    instruction_notes = apply_instructions(tasks, cfg.prompts, str(cfg.path))
     if not tasks:
         raise OptimlError(str(cfg.path), "no tasks left to build a bench from",
                           "check the sources and the report of skipped items")
     result = assign_levels(tasks, cfg)
     result.skipped = skipped + unmapped + duplicates
+    result.notes += instruction_notes
     leaks = check_leakage(result, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}-{time.monotonic_ns()}"
@@ -341,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     manifest = build_bench(args.config, args.out, force=args.force, overwrite=args.overwrite)
     print(summary(manifest, Path(args.out)))
+    index = BuiltBench(args.out).index
+    print(table_one(manifest, read_json(Path(args.out) / "report.json"),
+                    index[:, 2] + index[:, 3]))
     return 0
 
 

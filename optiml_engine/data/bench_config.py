@@ -7,10 +7,15 @@ seed: 1
 tokenizer: byte                 # or a tokenizer.json / GPT-2 vocab directory
 max_example_tokens: 2046        # source is left-truncated so source + target fit
 train_shots: 0                  # demonstrations in training prompts (paper: off)
+superni_options_list: true      # list a Super-NI task's answer options after its input (paper
+                                # §5.4: false; the definition names them)
 default_cap: 100000             # instances per task (FLAN sources: cap: 30000)
 sources:
   - {name: superni, format: superni, path: ${SUPERNI_DIR}, required: true}
   - {name: flan, format: flan, path: flan/, cap: 30000, on_error: skip}
+  - {name: promptsource, format: promptsource, path: ps/, task_per: dataset}
+                                # task_per: template (P3: one task per template), or dataset
+                                # (§4.1: a dataset's templates merged, one drawn per record)
   - {name: superni, format: synthetic, seed: 0, instances_per_task: 200}
 categories:                     # non-Super-NI tasks: task name, then dataset, then benchmark
   flan_rte: Textual Entailment
@@ -31,11 +36,14 @@ held_out:
                                 # files (or records with split: validation/test) are level 3;
                                 # tasks without split information fall back to `instances`
   max_eval_instances: 100       # per task and level
+  dev_categories: [Word Analogy]   # evaluation tasks of these categories or of dev_datasets are
+  dev_datasets: [race]          # the validation set (§2.3, Table 15), every other one is test
 leakage: {n: 13, threshold: 0.5, action: report}   # or drop_train
   # superni_excluded: keep, or drop the tasks of Super-NI's excluded_tasks.txt (§2.3)
   # unit: instance (pairs of instances), or task (§2.3: a training task is flagged when more
   # than `threshold`, default 0.01 then, of an eval task's examples share an n-gram with it;
   # drop_train removes the training task)
+prompts: {delimiter: random}    # training prompt layout, instruction sentences: prompt_config.py
 templates:                      # limits per render of one record (PromptSource Jinja, FLAN)
   max_seconds: 1.0              # CPU seconds; real templates take microseconds
   max_chars: 1000000            # characters of the output and of anything built on the way;
@@ -54,7 +62,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OptimlError, parse_yaml, read_text
+from .prompt_config import PromptConfig, parse_prompts
 from .sources import FORMATS, TemplateLimits
+from .sources.promptsource import TASK_PER
 
 SOURCE_FORMATS = (*FORMATS, "synthetic", "synthetic_mix", "text")  # mix: data/synthetic_mix.py
 DEFAULT_CAP = 100_000
@@ -74,6 +84,7 @@ class SourceConfig:
     seed: int = 0  # synthetic generator seed / FLAN pattern choice
     instances_per_task: int = 200  # synthetic
     num_tasks: int | None = None  # synthetic
+    task_per: str = "template"  # promptsource: a task is a template, or a dataset (§4.1)
 
 
 @dataclass
@@ -87,6 +98,8 @@ class HeldOutConfig:
     instances: float = 0.1
     level3: str = "random"  # or source_splits: the original validation/test rows (§2.3)
     max_eval_instances: int | None = None
+    dev_categories: list[str] = field(default_factory=list)  # validation set (Table 15)
+    dev_datasets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -118,6 +131,8 @@ class BenchConfig:
     templates: TemplateLimits = field(default_factory=TemplateLimits)
     dedup_policy: str = "one_copy"  # or "paper" (§2.1), see consolidate.dedup_datasets
     dedup_drop_from: list[str] = field(default_factory=lambda: list(PAPER_DROP_FROM))
+    prompts: PromptConfig = field(default_factory=PromptConfig)  # see prompt_config.py
+    superni_options_list: bool = True  # paper (§5.4): False
 
 
 def _check_keys(d: dict, allowed: set[str], where: str) -> None:
@@ -163,6 +178,11 @@ def _source(d: object, i: int, base: Path) -> SourceConfig:
     if path:
         path = base / _expand(path)
     cap = _typed(d, "cap", int, None, where)
+    task_per = _choice(_typed(d, "task_per", str, "template", where), TASK_PER,
+                       f"{where}.task_per")
+    if "task_per" in d and fmt != "promptsource":
+        raise OptimlError(f"{where}.task_per", f"applies to promptsource sources, not {fmt}",
+                          "remove it (FLAN tasks are always one per dataset)")
     return SourceConfig(
         name=name, format=fmt, path=Path(path) if path else None, cap=cap,
         required=_typed(d, "required", bool, True, where),
@@ -170,7 +190,7 @@ def _source(d: object, i: int, base: Path) -> SourceConfig:
                          f"{where}.on_error"),
         split=_typed(d, "split", str, None, where), seed=_typed(d, "seed", int, 0, where),
         instances_per_task=_typed(d, "instances_per_task", int, 200, where),
-        num_tasks=_typed(d, "num_tasks", int, None, where))
+        num_tasks=_typed(d, "num_tasks", int, None, where), task_per=task_per)
 
 
 _VARIABLE = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
@@ -227,7 +247,8 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     if not isinstance(raw, dict):
         raise OptimlError(str(path), "a bench config is a YAML mapping")
     top = {"name", "seed", "tokenizer", "max_example_tokens", "train_shots", "default_cap",
-           "sources", "categories", "on_unmapped", "dedup", "held_out", "leakage", "templates"}
+           "sources", "categories", "on_unmapped", "dedup", "held_out", "leakage", "templates",
+           "prompts", "superni_options_list"}
     _check_keys(raw, top, str(path))
     where = str(path)
     sources = raw.get("sources")
@@ -270,7 +291,9 @@ def load_bench_config(path: str | Path) -> BenchConfig:
             instances=instances,
             level3=_choice(_typed(held, "level3", str, "random", hw),
                            ("random", "source_splits"), f"{hw}.level3"),
-            max_eval_instances=_typed(held, "max_eval_instances", int, None, hw)),
+            max_eval_instances=_typed(held, "max_eval_instances", int, None, hw),
+            dev_categories=[str(c) for c in _typed(held, "dev_categories", list, [], hw) or []],
+            dev_datasets=[str(d) for d in _typed(held, "dev_datasets", list, [], hw) or []]),
         leakage=LeakageConfig(
             n=_typed(leak, "n", int, 13, f"{where}: leakage"),
             threshold=float(_typed(leak, "threshold", (int, float),
@@ -287,7 +310,9 @@ def load_bench_config(path: str | Path) -> BenchConfig:
         dedup_policy=_choice(_typed(dedup, "policy", str, "one_copy", f"{where}: dedup"),
                              DEDUP_POLICIES, f"{where}: dedup.policy"),
         dedup_drop_from=[str(b) for b in _typed(dedup, "drop_from", list,
-                                                 list(PAPER_DROP_FROM), f"{where}: dedup")])
+                                                 list(PAPER_DROP_FROM), f"{where}: dedup")],
+        prompts=parse_prompts(raw.get("prompts"), f"{where}: prompts"),
+        superni_options_list=_typed(raw, "superni_options_list", bool, True, where))
     if cfg.max_example_tokens < 2:
         raise OptimlError(f"{where}: max_example_tokens", "must be at least 2")
     return cfg

@@ -47,6 +47,9 @@ def task_record(task: Task, split: str, eval_ids: list[str]) -> dict:
         "positive_examples": [vars(e) for e in task.positive_examples],
         "negative_examples": [vars(e) for e in task.negative_examples],
         "instances": [i.to_dict() for i in task.instances], "eval_ids": eval_ids,
+        # the prompt each instance was rendered with (merged PromptSource datasets), so an
+        # evaluation can average over a dataset's prompts (§4.1)
+        "instance_templates": task.meta.get("instance_templates") or {},
     }
 
 
@@ -57,7 +60,8 @@ def task_from_record(rec: dict) -> Task:
                 positive_examples=[Example(**e) for e in rec["positive_examples"]],
                 negative_examples=[Example(**e) for e in rec["negative_examples"]],
                 metric=rec["metric"], dataset=rec["dataset"], source=rec["source"],
-                meta={"split": rec["split"], "eval_ids": rec["eval_ids"]})
+                meta={"split": rec["split"], "eval_ids": rec["eval_ids"],
+                      "instance_templates": rec.get("instance_templates") or {}})
 
 
 class ShardWriter:

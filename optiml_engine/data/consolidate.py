@@ -20,6 +20,7 @@ TRAIN_ONLY_BENCHMARKS = {"pretraining", "dialogue"}  # mixes, never evaluated
 class Skipped:
     where: str
     reason: str
+    benchmark: str = ""  # of a task removed by a bench rule (dedup, excluded, leakage)
 
 
 @dataclass
@@ -86,7 +87,7 @@ def dedup_datasets(tasks: list[Task], cfg: BenchConfig) -> tuple[list[Task], lis
         if key in owner and owner[key] != task.benchmark and task.benchmark not in \
                 TRAIN_ONLY_BENCHMARKS:
             skipped.append(Skipped(task.name, f"duplicate: dataset {task.dataset} is kept from "
-                                              f"benchmark {owner[key]}"))
+                                              f"benchmark {owner[key]}", task.benchmark))
         else:
             kept.append(task)
     return kept, skipped
@@ -105,7 +106,7 @@ def _dedup_paper(tasks: list[Task], cfg: BenchConfig) -> tuple[list[Task], list[
         if task.benchmark in cfg.dedup_drop_from and others:
             skipped.append(Skipped(task.name, f"duplicate: dataset {task.dataset} of "
                                               f"{task.benchmark} also in {', '.join(others)} "
-                                              "(paper §2.1)"))
+                                              "(paper §2.1)", task.benchmark))
         else:
             kept.append(task)
     return kept, skipped
@@ -124,7 +125,8 @@ def drop_excluded(tasks: list[Task], cfg: BenchConfig) -> tuple[list[Task], list
     for task in tasks:
         if task.meta.get("split") == SUPERNI_EXCLUDED:
             skipped.append(Skipped(task.name, "excluded: listed in Super-NI's excluded_tasks.txt "
-                                              "(same data source as a test task, §2.3)"))
+                                              "(same data source as a test task, §2.3)",
+                                   task.benchmark))
         else:
             kept.append(task)
     return kept, skipped
@@ -160,6 +162,20 @@ def listed_dataset(task: Task, listed: set[str], aliases: dict[str, str]) -> str
 
 def _dataset_keys(names: list[str], aliases: dict[str, str]) -> set[str]:
     return {dataset_key(Task("", "", "", "", [], dataset=n), aliases) for n in names}
+
+
+def eval_roles(result: Consolidated, cfg: BenchConfig) -> dict[str, str]:
+    """dev or test, for every task with evaluation instances (any level): the validation set of
+    §2.3 / Table 15 is the tasks of `held_out.dev_categories` and of `held_out.dev_datasets`
+    (matched like the level datasets); every other evaluation task is test."""
+    dev = _dataset_keys(cfg.held_out.dev_datasets, cfg.aliases)
+    roles = {}
+    for task in result.tasks:
+        if result.eval_ids.get(task.name):
+            is_dev = (task.category in cfg.held_out.dev_categories
+                      or listed_dataset(task, dev, cfg.aliases))
+            roles[task.name] = "dev" if is_dev else "test"
+    return roles
 
 
 def assign_levels(tasks: list[Task], cfg: BenchConfig) -> Consolidated:

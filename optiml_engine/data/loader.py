@@ -113,7 +113,7 @@ def mixture_loader(mixture, seq_length: int, global_batch_size: int, micro_batch
         return pack([(src, tgt) for _, src, tgt in draws], seq_length, eos_id=eos_id,
                     pad_id=pad_id)
 
-    note = getattr(mixture, "subset_note", "")
+    notes = [n for n in (getattr(mixture, "subset_note", ""), getattr(mixture, "note", "")) if n]
     return PackedLoader(pack_window, global_batch_size, micro_batch_size, dp_rank, dp_size, seed,
-                        label=f"bench mixture{f' ({note})' if note else ''}, windows of "
-                        f"{window} examples")
+                        label=f"bench mixture, windows of {window} examples"
+                        + "".join(f" ({n})" for n in notes))

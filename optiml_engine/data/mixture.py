@@ -72,6 +72,12 @@ class BenchMixture:
         self.probabilities = mixture_probabilities(weighted, [t["benchmark"] for t in tasks],
                                                    spec)
         self.stream = MixtureStream([max(s, 1) for s in self.sizes], self.probabilities, seed)
+        trained = {t["benchmark"] for t in tasks if t["n_train"]}
+        absent = sorted(b for b, p in (spec.benchmark_proportions or {}).items()
+                        if p > 0 and b not in trained)
+        # said once, with the loader's description: the other shares grow to fill the gap
+        self.note = (f"no training tasks of {', '.join(absent)} in the bench: "
+                     "data.benchmark_proportions renormalised over the others" if absent else "")
 
     def positions(self, position: int = 0, dp_rank: int = 0, dp_size: int = 1
                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:

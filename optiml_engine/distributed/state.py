@@ -10,6 +10,7 @@ treat as "nothing to do".
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass, field
 
@@ -71,13 +72,15 @@ def _group_lists(tp: int, dp: int, pp: int) -> dict[str, list[list[int]]]:
 
 
 def initialize(tp: int = 1, pp: int = 1, backend: str = "auto", rank: int | None = None,
-               world_size: int | None = None, virtual: int = 1) -> ParallelGrid:
+               world_size: int | None = None, virtual: int = 1,
+               timeout_minutes: float | None = None) -> ParallelGrid:
     """Build the grid from torchrun's environment (or the given rank / world size).
 
     Initialises the default process group when there are several ranks and none exists yet.
     With an existing process group, `world_size` may be smaller than it: the grid then covers
     ranks [0, world_size) and the others only take part in creating the groups (tests use this
-    to run several layouts in one set of processes).
+    to run several layouts in one set of processes). timeout_minutes: how long a collective of
+    the process group this creates waits (None: torch's default).
     """
     global _GRID
     if _GRID is not None:
@@ -101,7 +104,9 @@ def initialize(tp: int = 1, pp: int = 1, backend: str = "auto", rank: int | None
                 import torch
 
                 backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend, rank=rank, world_size=full_world)
+            kwargs = {} if timeout_minutes is None else {
+                "timeout": datetime.timedelta(minutes=timeout_minutes)}
+            dist.init_process_group(backend, rank=rank, world_size=full_world, **kwargs)
         lists = _group_lists(tp, dp, pp)
         lists["world"] = [list(range(world_size))]
         for name, instances in lists.items():

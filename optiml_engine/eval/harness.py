@@ -1,8 +1,10 @@
 """`optiml eval`: a model on the three OPT-IML Bench levels, 0-shot and k-shot.
 
-Tasks with answer options are scored by rank classification (accuracy), the others by greedy
-decoding (exact match and ROUGE-L). Prompts are `</s> source` as in training; a k-shot prompt's
-demonstrations come from the task's demonstration pool and never include the query.
+Tasks with answer options are scored by rank classification (accuracy), the others (and, under
+the paper's protocol, every Super-NI task, §5.4) by greedy decoding (exact match and ROUGE-L).
+Prompts are `</s> source` as in training; a k-shot prompt's demonstrations come from the task's
+demonstration pool and never include the query. Which shots each task gets and how scores are
+averaged is the protocol's (eval/protocol.py; the paper's by default).
 
 Deterministic (greedy, fixed demonstration draws) and resumable: each (task, shots) pair is written
 to `OUT/tasks/` as soon as it finishes, and a rerun with the same settings skips those files.
@@ -19,32 +21,48 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from optiml_engine.errors import OptimlError
 from optiml_engine.eval import metrics
+from optiml_engine.eval.aggregate import aggregate
 from optiml_engine.eval.generate import greedy_generate
+from optiml_engine.eval.protocol import PAPER, EvalProtocol, add_arguments, protocol_from_args
 from optiml_engine.eval.scoring import score_options
-from optiml_engine.eval.suite import LEVELS, EvalTask, load_suite, subset
+from optiml_engine.eval.suite import LEVELS, EvalTask, added_suite, load_suite, subset
 
 
 @dataclass
 class EvalSettings:
-    shots: tuple[int, ...] = (0,)
+    shots: tuple[int, ...] = (0, 5)  # §4.1: 0-shot and 5-shot
     max_new_tokens: int = 256
-    max_instances: int = 100
+    max_instances: int = 250  # §4.1: "a maximum of 250 prompts per task"; 0: all (test tasks)
     batch_size: int = 8
     seed: int = 0
     length_normalize: bool = False
+    protocol: EvalProtocol = field(default_factory=lambda: PAPER)
+
+    def shots_for(self, et: EvalTask) -> tuple[int, ...]:
+        return self.protocol.shots_for(et.task.benchmark, et.task.category, self.shots)
+
+    def all_shots(self, suite: list[EvalTask]) -> list[int]:
+        return sorted({s for et in suite for s in self.shots_for(et)})
 
 
-def _default_render(task, instance, shots, seed, pool):
+def _default_render(task, instance, shots, seed, pool, list_options=True):
     from optiml_engine.data.prompts import render
 
-    return render(task, instance, shots=shots, seed=seed, pool=pool)
+    return render(task, instance, shots=shots, seed=seed, pool=pool, list_options=list_options)
+
+
+def _dataset_key(task, aliases: dict[str, str]) -> str:
+    from optiml_engine.data.consolidate import dataset_key as key
+
+    return key(task, aliases) if getattr(task, "dataset", "") else ""
 
 
 def _task_languages_xlingual(task) -> bool:
@@ -55,10 +73,12 @@ def _task_languages_xlingual(task) -> bool:
                                meta.get("Output_language", ["English"]))
 
 
-def _headline(task, scores: dict) -> float:
+def _headline(task, scores: dict, protocol: EvalProtocol) -> float:
     metric = getattr(task, "metric", "rouge_l")
     if "accuracy" in scores:
         return scores["accuracy"]
+    if task.benchmark == "superni" and protocol.superni_scoring == "generate":
+        return scores["rougeL"]  # §5.4: every Super-NI task by ROUGE-L
     return scores["exact_match"] if metric == "exact_match" else scores["rougeL"]
 
 
@@ -82,19 +102,26 @@ def evaluate_task(model, tokenizer, et: EvalTask, shots: int, settings: EvalSett
                   render=_default_render, progress=None) -> list[dict]:
     """Score `et`'s first `max_instances` instances with `shots` demonstrations; one record each."""
     task = et.task
-    instances = et.instances[: settings.max_instances]
+    protocol = settings.protocol
+    instances = et.instances[: settings.max_instances or None]
     max_pos = model.config.max_position_embeddings
     xlingual = _task_languages_xlingual(task)
+    meta = getattr(task, "meta", None) or {}
     base = {"task": task.name, "category": task.category, "benchmark": task.benchmark,
-            "level": et.level, "shots": shots}
+            "level": et.level, "shots": shots,
+            "dataset": meta.get("dataset_key") or _dataset_key(task, {}),
+            "task_group": meta.get("task_group")}
+    if render is _default_render:
+        render = partial(_default_render, list_options=protocol.lists_options(task))
+    ranked = protocol.ranks(task)
     rendered = [render(task, inst, shots, settings.seed, et.demo_pool) for inst in instances]
     # Longest first: batches hold prompts of similar length (less padding); order restored after.
     order = sorted(range(len(instances)), key=lambda i: -len(rendered[i][0]))
     records: list[dict | None] = [None] * len(instances)
     for start in range(0, len(order), settings.batch_size):
         batch = order[start: start + settings.batch_size]
-        with_options = [i for i in batch if instances[i].options]
-        free = [i for i in batch if not instances[i].options]
+        with_options = [i for i in batch if ranked and instances[i].options]
+        free = [i for i in batch if i not in with_options]
         if with_options:
             option_ids = [_fit_options([tokenizer.encode(" " + o) for o in instances[i].options],
                                        len(tokenizer.encode(rendered[i][0])) + 1, max_pos)
@@ -119,7 +146,7 @@ def evaluate_task(model, tokenizer, et: EvalTask, shots: int, settings: EvalSett
                 inst = instances[i]
                 text = tokenizer.decode(out).strip()
                 scores = metrics.score_generation(text, inst.outputs, xlingual)
-                scores["score"] = _headline(task, scores)
+                scores["score"] = _headline(task, scores, protocol)
                 records[i] = {**base, "id": inst.id, "kind": "generate", "prediction": text,
                               "references": list(inst.outputs), "scores": scores}
         if progress is not None:
@@ -140,6 +167,7 @@ def _fingerprint(checkpoint: str, bench: str, settings: EvalSettings,
                  tokenizer: str | None = None) -> dict:
     fields = asdict(settings)
     fields.pop("shots")  # adding a shot count to a finished run is allowed
+    fields = json.loads(json.dumps(fields))  # as run.json holds it (tuples are lists there)
     return {"checkpoint": str(checkpoint), "bench": str(bench), "tokenizer": tokenizer, **fields}
 
 
@@ -239,11 +267,12 @@ def run_eval(model, tokenizer, suite: list[EvalTask], settings: EvalSettings, ou
     nothing (the other ranks of a distributed run)."""
     ranks = ranks or OneProcess()
     out = Path(out_dir)
-    pairs = [(et, shots, _task_file(out, et, shots)) for shots in settings.shots for et in suite]
+    pairs = [(et, shots, _task_file(out, et, shots)) for shots in settings.all_shots(suite)
+             for et in suite if shots in settings.shots_for(et)]
     done = ranks.agree(lambda: _start_run(out, fingerprint or {}, [p for *_, p in pairs]))
     todo = ranks.mine([i for i, finished in enumerate(done) if not finished])
     model.eval()
-    total = sum(min(len(pairs[i][0].instances), settings.max_instances) for i in todo)
+    total = sum(len(pairs[i][0].instances[: settings.max_instances or None]) for i in todo)
     finished: dict[int, list] = {}
     bar = _progress(total, len(todo), show_progress and ranks.shows_progress)
     try:
@@ -343,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="engine checkpoint or HF OPT directory")
     p.add_argument("--bench", required=True, help="bench manifest (or its directory), or "
                    "'synthetic[:SEED]'")
-    p.add_argument("--shots", default="0", help="comma-separated numbers of demonstrations "
-                   "(default: %(default)s)")
+    p.add_argument("--shots", help="comma-separated numbers of demonstrations for every task "
+                   "(default: 0,5, with the protocol's --benchmark-shots: Super-NI 0,2,5, BBH 3; "
+                   "given, these shots for every task unless --benchmark-shots is given too)")
     p.add_argument("--out", required=True, help="output directory (results, report, charts)")
     p.add_argument("--tokenizer", help="'byte', a tokenizer.json, or a directory with "
                    "vocab.json + merges.txt (default: the checkpoint's own; needed for an HF "
@@ -352,8 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="load engine checkpoints without checking their files' checksums "
                    "(faster on large checkpoints; trusts the disk)")
-    p.add_argument("--max-instances", type=int, default=100,
-                   help="instances per task (default: %(default)s)")
+    p.add_argument("--max-instances", type=int, default=250,
+                   help="instances per task, 0 for all (default: %(default)s, the paper's for "
+                   "validation tasks; it keeps all of a test task's: pass 0 there)")
+    p.add_argument("--suite", action="append", default=[], metavar="FORMAT=PATH[@LEVEL]",
+                   help="also evaluate an added benchmark: mmlu, bbh or raft files at PATH "
+                   "(level default: mmlu heldout_task, bbh and raft heldout_category); repeatable")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="greedy decoding budget (default: %(default)s, as OPT-IML)")
     p.add_argument("--batch-size", type=int, default=8,
@@ -362,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the demonstration draws (default: %(default)s)")
     p.add_argument("--length-normalize", action="store_true",
                    help="rank options by mean token log-likelihood (default: the sum)")
+    add_arguments(p)
     p.add_argument("--levels", help=f"comma-separated levels to run, of {', '.join(LEVELS)} "
                    "(default: all)")
     p.add_argument("--history", help="in-training evaluations (JSONL) to chart against steps "
@@ -398,10 +433,16 @@ def main(argv: list[str] | None = None) -> int:
     from optiml_engine.eval import distributed
 
     args = build_parser().parse_args(argv)
-    settings = EvalSettings(shots=_parse_shots(args.shots), max_new_tokens=args.max_new_tokens,
+    args.shots_given = args.shots is not None
+    if args.max_instances < 0:
+        raise OptimlError(f"--max-instances {args.max_instances}", "is negative",
+                          "pass a count, or 0 for all instances")
+    settings = EvalSettings(shots=_parse_shots(args.shots or "0,5"),
+                            max_new_tokens=args.max_new_tokens,
                             max_instances=args.max_instances, batch_size=args.batch_size,
-                            seed=args.seed, length_normalize=args.length_normalize)
-    suite = load_suite(args.bench)
+                            seed=args.seed, length_normalize=args.length_normalize,
+                            protocol=protocol_from_args(args))
+    suite = load_suite(args.bench) + [et for spec in args.suite for et in added_suite(spec)]
     if args.levels:
         suite = _select_levels(suite, args.levels)
     if not suite:
@@ -467,11 +508,12 @@ def _evaluate_and_report(model, tokenizer, suite, settings, checkpoint, args, ou
     if records is None:  # another rank reports
         return None
     suite_key = json.dumps(sorted((et.level, et.name, len(et.instances)) for et in suite))
-    meta = {**fingerprint, "shots": list(settings.shots), "instances": len(records),
+    meta = {**fingerprint, "shots": settings.all_shots(suite), "instances": len(records),
             "seconds": round(time.time() - start, 1),
             "suite_hash": hashlib.sha256(suite_key.encode()).hexdigest()[:16]}
     history = load_history(args.history) if args.history else None
-    return write_report(out, records, meta, history)
+    meta["protocol"] = asdict(settings.protocol)
+    return write_report(out, records, meta, history, settings.protocol)
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,13 +537,19 @@ class TrainingEvaluator:
                  render=_default_render):
         self.tokenizer = tokenizer
         self.render = render
+        from optiml_engine.eval.protocol import PRESETS
+
+        # The recipe's shots for every task of the subset (a cheap monitor: no per-benchmark
+        # shots); the rest of the protocol (scoring, averaging) is eval.protocol's preset.
+        protocol = replace(PRESETS[eval_cfg.protocol], benchmark_shots={})
         self.settings = EvalSettings(shots=tuple(eval_cfg.shots),
                                      max_new_tokens=eval_cfg.max_new_tokens,
                                      max_instances=eval_cfg.subset_instances,
                                      batch_size=eval_cfg.batch_size,
-                                     length_normalize=eval_cfg.length_normalize)
+                                     length_normalize=eval_cfg.length_normalize,
+                                     protocol=protocol)
         self.suite = subset(load_suite(eval_cfg.bench), eval_cfg.subset_tasks,
-                            eval_cfg.subset_instances)
+                            eval_cfg.subset_instances, protocol)
         self.history_path = Path(history_path) if history_path else None
 
     def __call__(self, model, step: int) -> dict[str, float]:
@@ -509,13 +557,14 @@ class TrainingEvaluator:
         model.eval()
         try:
             records = []
-            for shots in self.settings.shots:
+            for shots in self.settings.all_shots(self.suite):
                 for et in self.suite:
-                    records += evaluate_task(model, self.tokenizer, et, shots, self.settings,
-                                             self.render)
+                    if shots in self.settings.shots_for(et):
+                        records += evaluate_task(model, self.tokenizer, et, shots,
+                                                 self.settings, self.render)
         finally:
             model.train(was_training)
-        summary = metrics.aggregate(records)
+        summary = aggregate(records, self.settings.protocol)
         scalars = {}
         for shots, groups in summary.items():
             for kind in ("level", "benchmark"):

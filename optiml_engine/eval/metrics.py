@@ -1,5 +1,5 @@
-"""Per-instance metrics as the official Super-NaturalInstructions evaluation computes them, and
-their aggregates per task, category, benchmark and level.
+"""Per-instance metrics as the official Super-NaturalInstructions evaluation computes them (their
+aggregates per task, category, benchmark and level: eval/aggregate.py).
 
 Contract: `exact_match(prediction, references)` and `rouge_l(prediction, references)` return one
 instance's score on a 0-100 scale, the maximum over the references.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import string
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -136,46 +135,3 @@ def is_xlingual(input_languages: Iterable[str], output_languages: Iterable[str])
 def score_generation(prediction: str, references: Sequence[str], xlingual: bool = False) -> dict:
     return {"exact_match": exact_match(prediction, references),
             "rougeL": rouge_l(prediction, references, xlingual)}
-
-
-# --------------------------------------------------------------------------------------------
-# Aggregates
-
-
-def mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
-def aggregate(records: Iterable[dict]) -> dict:
-    """Averages of the per-instance `scores` of `records` (dicts with task, category, benchmark,
-    level, shots, scores).
-
-    Per task and per category the mean is over instances (as the official Super-NI script groups
-    them); per benchmark and per level it is the mean over that group's task means, so a task with
-    many instances does not outweigh the others. Returns
-    {shots: {"task"|"category"|"benchmark"|"level": {name: {metric: value}}}}.
-    """
-    by_task: dict = defaultdict(lambda: defaultdict(list))
-    by_category: dict = defaultdict(lambda: defaultdict(list))
-    task_groups: dict = {}
-    for r in records:
-        key = (r["shots"], r["task"])
-        for metric, value in r["scores"].items():
-            by_task[key][metric].append(value)
-            by_category[(r["shots"], r["category"])][metric].append(value)
-        task_groups[key] = (r["benchmark"], r["level"])
-
-    out: dict = defaultdict(lambda: {"task": {}, "category": {}, "benchmark": {}, "level": {}})
-    macro: dict = defaultdict(lambda: defaultdict(list))
-    for (shots, task), metrics in sorted(by_task.items()):
-        means = {m: mean(v) for m, v in metrics.items()}
-        out[shots]["task"][task] = means
-        benchmark, level = task_groups[(shots, task)]
-        for m, v in means.items():
-            macro[(shots, "benchmark", benchmark)][m].append(v)
-            macro[(shots, "level", level)][m].append(v)
-    for (shots, category), metrics in sorted(by_category.items()):
-        out[shots]["category"][category] = {m: mean(v) for m, v in metrics.items()}
-    for (shots, kind, name), metrics in sorted(macro.items(), key=lambda kv: str(kv[0])):
-        out[shots][kind][name] = {m: mean(v) for m, v in metrics.items()}
-    return {shots: out[shots] for shots in sorted(out)}

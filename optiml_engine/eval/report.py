@@ -14,7 +14,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from optiml_engine.eval.metrics import aggregate
+from optiml_engine.eval.aggregate import aggregate, mean, selection_scores
+from optiml_engine.eval.protocol import PAPER, EvalProtocol
 
 # The three OPT-IML Bench generalization levels, in the order the paper lists them.
 LEVEL_ORDER = ("heldout_category", "heldout_task", "heldout_instance")
@@ -71,6 +72,48 @@ def side_by_side(summaries: dict[str, dict], metric: str = "score") -> str:
     return _markdown_table(header, rows)
 
 
+def _shot_cells(summary: dict, kind: str, name: str, metric: str) -> list[str]:
+    return [_cell(summary[s][kind].get(name, {}).get(metric)) for s in summary]
+
+
+def paper_table(summary: dict, metric: str = "score") -> str:
+    """The paper's table shape (§4.1, Tables 4-9): rows are benchmarks within each level (with
+    their task counts) and the level itself; columns are the shots, then the 0/5-shot average
+    that selects models (every category's 0- and 5-shot scores, §4.1)."""
+    shots = list(summary)
+    rows = []
+    selection = selection_scores(summary, metric=metric)
+    for lv in ordered_levels({lv for s in shots for lv in summary[s]["level"]}):
+        names = sorted({k for s in shots for k in summary[s]["benchmark_level"]
+                        if k.endswith(f" | {lv}")})  # "benchmark | level"
+        for key in names:
+            tasks = max(summary[s]["count"].get(key, 0) for s in shots)
+            values = [summary[s]["benchmark_level"].get(key, {}).get(metric) for s in (0, 5)
+                      if s in summary]
+            both = [v for v in values if v is not None]
+            rows.append([LEVEL_TITLES.get(lv, lv), key.split(" | ")[0], str(tasks),
+                         *_shot_cells(summary, "benchmark_level", key, metric),
+                         _cell(mean(both) if both else None)])
+        tasks = max(summary[s]["count"].get(f"all | {lv}", 0) for s in shots)
+        rows.append([LEVEL_TITLES.get(lv, lv), "**all**", str(tasks),
+                     *_shot_cells(summary, "level", lv, metric), _cell(selection.get(lv))])
+    header = ["level", "benchmark", "tasks", *(f"{s}-shot" for s in shots), "0/5-shot avg"]
+    return _markdown_table(header, rows)
+
+
+def level_category_table(summary: dict, metric: str = "score") -> str:
+    """Rows: the categories of each level (the paper's per-category columns); columns: shots."""
+    shots = list(summary)
+    found = {k for s in shots for k in summary[s]["level_category"]}
+    order = {lv: i for i, lv in enumerate(ordered_levels({k.split(" | ")[0] for k in found}))}
+    rows = []
+    for key in sorted(found, key=lambda k: (order[k.split(" | ")[0]], k)):
+        lv, category = key.split(" | ", 1)
+        rows.append([LEVEL_TITLES.get(lv, lv), category,
+                     *_shot_cells(summary, "level_category", key, metric)])
+    return _markdown_table(["level", "category", *(f"{s}-shot" for s in shots)], rows)
+
+
 def metric_table(summary: dict) -> str:
     """Every metric for each level and shot count (blank where a level has no such task)."""
     rows = []
@@ -88,7 +131,13 @@ def render_markdown(summary: dict, meta: dict, charts: Sequence[str] = ()) -> st
         if key in meta:
             parts.append(f"- {key}: {meta[key]}")
     parts += ["", "`score` is accuracy (rank classification over the answer options) for tasks "
-              "with options and ROUGE-L (greedy decoding) otherwise; all on 0-100.", "",
+              "with options and ROUGE-L (greedy decoding) otherwise (exact match where a task "
+              "says so; every Super-NI task by ROUGE-L under the paper's protocol); all on "
+              "0-100. A level is the mean of its categories, a category of its tasks, a task "
+              "of its templates and subtasks (the paper's protocol, docs/paper-fidelity.md); a "
+              "category evaluated 0-shot only (Summarization) has no 5-shot cell.", "",
+              "## Benchmarks x levels", "", paper_table(summary), "",
+              "## Categories per level", "", level_category_table(summary), "",
               "## Levels", "", group_table(summary, "level"), "",
               "## All metrics per level", "", metric_table(summary), ""]
     for chart in charts:
@@ -99,9 +148,10 @@ def render_markdown(summary: dict, meta: dict, charts: Sequence[str] = ()) -> st
     return "\n".join(parts)
 
 
-def write_results(out_dir: str | Path, records: list[dict], meta: dict) -> dict:
+def write_results(out_dir: str | Path, records: list[dict], meta: dict,
+                  protocol: EvalProtocol = PAPER) -> dict:
     """Write results.json and return the summary it holds."""
-    summary = aggregate(records)
+    summary = aggregate(records, protocol)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "summary": summary, "instances": records}
@@ -112,12 +162,12 @@ def write_results(out_dir: str | Path, records: list[dict], meta: dict) -> dict:
 
 
 def write_report(out_dir: str | Path, records: list[dict], meta: dict,
-                 history: list[dict] | None = None) -> dict:
+                 history: list[dict] | None = None, protocol: EvalProtocol = PAPER) -> dict:
     """results.json, the charts and report.md in `out_dir`; returns the summary."""
     from optiml_engine.eval import charts
 
     out = Path(out_dir)
-    summary = write_results(out, records, meta)
+    summary = write_results(out, records, meta, protocol)
     made = [charts.level_bars(summary, out / "levels.png")]
     if history:
         made.append(charts.history_lines(history, out / "training_evals.png"))

@@ -12,6 +12,9 @@ only).
 - an eval manifest JSON: {"tasks": [{"path": task file, "format": "superni", "level": ...,
   "eval_ids": [...] (optional, default all), "demo_ids": [...] (optional)}]}, paths relative to
   the manifest;
+- `added_suite("FORMAT=PATH[@LEVEL]")`: the benchmarks the paper adds (§6.1): MMLU, BIG-Bench
+  Hard and RAFT files in their official layouts (optiml_engine/data/sources/{mmlu,bbh,raft}.py),
+  evaluated beside a built bench (`optiml eval --suite`);
 - `synthetic[:SEED]`: the embedded synthetic tasks under a fixed layout (the last two categories
   held out, the last task of every other category held out, the last 20% of every remaining task's
   instances held out), for the demo and tests before a bench is built.
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from optiml_engine.errors import OptimlError, read_json
+from optiml_engine.eval.protocol import PAPER, EvalProtocol
 
 LEVELS = ("heldout_category", "heldout_task", "heldout_instance")
 
@@ -88,8 +92,10 @@ def _read_eval_manifest(path: Path) -> list[EvalTask]:
             raise OptimlError(where, "not a JSON object", _MANIFEST_FIX)
         _check_entry(entry, where)
         for task in load_tasks(path.parent / entry["path"], entry.get("format", "superni")):
-            evals = _by_ids(task.instances, entry.get("eval_ids"), where)
-            demos = entry.get("demo_ids")
+            # readers of added benchmarks say which split is scored and which gives demos
+            evals = _by_ids(task.instances, entry.get("eval_ids", task.meta.get("eval_ids")),
+                            where)
+            demos = entry.get("demo_ids", task.meta.get("demo_ids"))
             pool = _by_ids(task.instances, demos, where) if demos is not None else None
             suite.append(EvalTask(task, entry["level"], evals, pool))
     return suite
@@ -136,10 +142,17 @@ def built_bench_suite(directory: Path) -> list[EvalTask]:
     task's other (training) instances; held-out tasks and categories from the task's instances
     (the prompt renderer never uses the query itself)."""
     from optiml_engine.data.bench_store import BuiltBench
+    from optiml_engine.data.consolidate import dataset_key
 
     suite = []
-    for level, pairs in BuiltBench(directory).eval_sets().items():
+    bench = BuiltBench(directory)
+    # benches built before the key listed options for every task
+    listed = bench.manifest.get("superni_options_list", True)
+    aliases = bench.manifest.get("dataset_aliases") or {}
+    for level, pairs in bench.eval_sets().items():
         for task, instances in pairs:
+            task.meta["trained_options_list"] = listed
+            task.meta["dataset_key"] = dataset_key(task, aliases)  # as the bench's dedup names it
             pool = None
             if level == "heldout_instance":
                 held = set(task.meta.get("eval_ids", ()))
@@ -154,9 +167,36 @@ def _is_eval_manifest(data) -> bool:
     return not (isinstance(data, dict) and "format_version" in data)
 
 
-def task_kind(et: EvalTask) -> str:
+# The added benchmarks' levels (§2.3, Table 15: MMLU is partially supervised; BBH and RAFT have
+# no category in training).
+ADDED_LEVELS = {"mmlu": "heldout_task", "bbh": "heldout_category", "raft": "heldout_category"}
+
+
+def added_suite(spec: str) -> list[EvalTask]:
+    """The tasks of `FORMAT=PATH[@LEVEL]`: each scored on its reader's evaluation split, its
+    demonstrations drawn from the reader's demonstration split."""
+    from optiml_engine.data.sources import load_tasks
+
+    fmt, eq, rest = spec.partition("=")
+    path, _, level = rest.partition("@")
+    fix = f"write FORMAT=PATH[@LEVEL], FORMAT one of {', '.join(ADDED_LEVELS)}"
+    if not eq or fmt not in ADDED_LEVELS or not path:
+        raise OptimlError(f"--suite {spec}", "not an added benchmark", fix)
+    level = level or ADDED_LEVELS[fmt]
+    if level not in LEVELS:
+        raise OptimlError(f"--suite {spec}", f"{level!r} is not a level",
+                          f"use one of {', '.join(LEVELS)}")
+    suite = []
+    for task in load_tasks(path, fmt):
+        evals = _by_ids(task.instances, task.meta["eval_ids"], f"--suite {spec}")
+        pool = _by_ids(task.instances, task.meta["demo_ids"], f"--suite {spec}")
+        suite.append(EvalTask(task, level, evals, pool))
+    return suite
+
+
+def task_kind(et: EvalTask, protocol: EvalProtocol = PAPER) -> str:
     """"rank" (rank classification over answer options) or "generate" (greedy decoding)."""
-    return "rank" if any(inst.options for inst in et.instances) else "generate"
+    return "rank" if protocol.ranks(et.task) else "generate"
 
 
 def _round_robin(groups: list[list]) -> list:
@@ -164,25 +204,26 @@ def _round_robin(groups: list[list]) -> list:
     return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
 
 
-def stratified_order(tasks: list[EvalTask]) -> list[EvalTask]:
+def stratified_order(tasks: list[EvalTask], protocol: EvalProtocol = PAPER) -> list[EvalTask]:
     """`tasks` in the order the in-training subset takes them: rank-classification and generation
     tasks alternate (rank first); within each kind the categories take turns (in name order), and
     within a category the tasks come in name order. Deterministic: names alone decide."""
     by_kind: dict[str, dict[str, list[EvalTask]]] = {}
     for et in sorted(tasks, key=lambda et: et.name):
-        by_kind.setdefault(task_kind(et), {}).setdefault(et.task.category, []).append(et)
+        by_kind.setdefault(task_kind(et, protocol), {}).setdefault(et.task.category, []).append(et)
     kinds = [by_kind[k] for k in ("rank", "generate") if k in by_kind]
     return _round_robin([_round_robin([cats[c] for c in sorted(cats)]) for cats in kinds])
 
 
-def subset(suite: list[EvalTask], tasks_per_level: int, instances_per_task: int) -> list[EvalTask]:
+def subset(suite: list[EvalTask], tasks_per_level: int, instances_per_task: int,
+           protocol: EvalProtocol = PAPER) -> list[EvalTask]:
     """A fixed, small, stratified slice for in-training evaluation: per level, the first
     `tasks_per_level` tasks of `stratified_order` (both kinds of scoring, several categories),
     each with its first `instances_per_task` instances. Its scores are not those of the full
     evaluation: the trainer logs them under eval/subset/..."""
     picked = []
     for level in sorted({et.level for et in suite}):
-        tasks = stratified_order([et for et in suite if et.level == level])
+        tasks = stratified_order([et for et in suite if et.level == level], protocol)
         for et in tasks[:tasks_per_level]:
             picked.append(EvalTask(et.task, et.level, et.instances[:instances_per_task],
                                    et.demo_pool))

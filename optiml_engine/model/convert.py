@@ -1,4 +1,5 @@
-"""Checkpoint conversion between Hugging Face OPT directories and engine checkpoints.
+"""Checkpoint conversion: Hugging Face OPT directories <-> engine checkpoints, and metaseq
+(the released OPT / OPT-IML weights) -> engine checkpoints.
 
 Both directions refuse to write into a non-empty directory that is not their own kind of
 output (an engine checkpoint, an HF directory) unless asked to overwrite it: a typo in --out
@@ -40,6 +41,16 @@ def hf_to_engine(hf_dir, out, tp: int = 1, pp: int = 1, overwrite: bool = False)
 
     check_output(Path(out), ckpt.META, "optiml convert hf2engine", overwrite)
     return hf_to_engine_sharded(hf_dir, out, tp, pp)
+
+
+def metaseq_to_engine(ckpt_dir, out, tp: int = 1, pp: int = 1, overwrite: bool = False,
+                      num_heads: int | None = None) -> Path:
+    """The released metaseq weights (model/metaseq.py); read like hf2engine: each of tp * pp
+    ranks reads only its parts (model/metaseq_convert.py)."""
+    from optiml_engine.model.metaseq_convert import metaseq_to_engine_sharded
+
+    check_output(Path(out), ckpt.META, "optiml convert metaseq2engine", overwrite)
+    return metaseq_to_engine_sharded(ckpt_dir, out, tp, pp, num_heads)
 
 
 def resolve_checkpoint(path, verify: bool = True) -> Path:

@@ -1,7 +1,8 @@
 """Hugging Face OPT directories <-> engine models.
 
 Weights load without executing pickles: safetensors, or `torch.load(weights_only=True)` for
-`pytorch_model.bin`. The only renaming is the fused head-major `qkv_proj` (see model/opt.py).
+`pytorch_model.bin` (either one file or shards named by its `.index.json`). The only renaming
+is the fused head-major `qkv_proj` (see model/opt.py).
 """
 
 from __future__ import annotations
@@ -117,12 +118,12 @@ def engine_to_hf_state(sd: dict, num_heads: int) -> dict:
     return out
 
 
-def safetensors_shards(path: Path) -> list[Path]:
-    """The safetensors files of an HF directory (one, or those its index names), checked to
-    exist; [] when it has none."""
-    index = path / "model.safetensors.index.json"
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
+def _indexed_files(path: Path, single: str, index_name: str) -> list[Path]:
+    """[path/single], or the files `path/index_name`'s weight_map names (checked to exist),
+    or [] when there is neither."""
+    index = path / index_name
+    if (path / single).is_file():
+        return [path / single]
     if not index.is_file():
         return []
     weight_map = read_json(index, CORRUPT)
@@ -134,9 +135,18 @@ def safetensors_shards(path: Path) -> list[Path]:
     files = [path / f for f in sorted(set(weight_map.values()))]
     for file in files:
         if not file.is_file():
-            raise OptimlError(str(file), "not found (named by model.safetensors.index.json)",
-                              CORRUPT)
+            raise OptimlError(str(file), f"not found (named by {index_name})", CORRUPT)
     return files
+
+
+def safetensors_shards(path: Path) -> list[Path]:
+    """The safetensors files of an HF directory (one, or those its index names)."""
+    return _indexed_files(path, "model.safetensors", "model.safetensors.index.json")
+
+
+def bin_shards(path: Path) -> list[Path]:
+    """The pytorch_model.bin files of an HF directory (one, or those its index names)."""
+    return _indexed_files(path, "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def load_safetensors(file: Path) -> dict:
@@ -176,12 +186,14 @@ def load_bin(file: Path, mmap: bool = False) -> dict:
 
 
 def read_hf_weights(path: Path) -> dict:
-    """All tensors of a HF directory: safetensors (single or sharded) or a weights-only .bin."""
+    """All tensors of a HF directory: safetensors or weights-only .bin files, single or sharded
+    (model.safetensors.index.json, pytorch_model.bin.index.json)."""
     files = safetensors_shards(path)
     if files:
         return {k: v for f in files for k, v in load_safetensors(f).items()}
-    if (path / "pytorch_model.bin").is_file():
-        return load_bin(path / "pytorch_model.bin")
+    files = bin_shards(path)
+    if files:
+        return {k: v for f in files for k, v in load_bin(f).items()}
     raise OptimlError(str(path), "no model.safetensors or pytorch_model.bin", NOT_HF)
 
 

@@ -3,31 +3,38 @@ checkpoint without any process holding the whole model.
 
 Run it under torchrun with T x P processes (`torchrun --nproc_per_node T*P -m optiml_engine
 convert hf2engine --hf DIR --out CKPT --tp T --pp P`): each rank reads only the slices of its
-pipeline stage and tensor-parallel rank (safetensors reads slices from disk; a .bin is memory-
-mapped) and the ranks write one DCP checkpoint together. Like every engine checkpoint it loads
-under any layout. With T = P = 1 it runs in one process.
+pipeline stage and tensor-parallel rank (safetensors reads slices from disk; .bin files, single
+or sharded by pytorch_model.bin.index.json, are memory-mapped) and the ranks write one DCP
+checkpoint together (model/sharded_write.py). Like every engine checkpoint it loads under any
+layout. With T = P = 1 it runs in one process. `local_plan` says what a rank reads without
+reading it: HFInit (model/meta_init.py) reads each slice when its parameter is materialised.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import torch.distributed as dist
+import torch
 
-from optiml_engine.distributed import checkpoint as ckpt
-from optiml_engine.distributed import state
 from optiml_engine.distributed.pipeline import stage_layer_range
 from optiml_engine.errors import OptimlError
-from optiml_engine.model.hf_io import fuse_qkv, load_bin, read_hf_config, safetensors_shards
-from optiml_engine.model.parallelize import check_divisible
+from optiml_engine.model.hf_io import (
+    bin_shards,
+    fuse_qkv,
+    load_bin,
+    read_hf_config,
+    safetensors_shards,
+)
+from optiml_engine.model.sharded_write import write_sharded
 
 
 class _Reader:
-    """Slices of HF tensors, read lazily: name -> tensor[rows] or tensor[:, cols]."""
+    """Slices of HF tensors, read lazily: name -> tensor[rows] or tensor[:, cols], one tensor
+    at a time, converted to the dtype asked for (safetensors slices are read from disk; .bin
+    files, single or sharded by pytorch_model.bin.index.json, are memory-mapped)."""
 
     def __init__(self, path: Path):
         from safetensors import SafetensorError, safe_open
@@ -42,10 +49,13 @@ class _Reader:
                                   "re-download or re-export the checkpoint") from None
             self.files.update(dict.fromkeys(handle.keys(), handle))
         if not shards:
-            if not (path / "pytorch_model.bin").is_file():
+            files = bin_shards(path)
+            if not files:
                 raise OptimlError(str(path), "no model.safetensors or pytorch_model.bin",
                                   "point at a Hugging Face OPT directory")
-            self.bin = load_bin(path / "pytorch_model.bin", mmap=True)
+            self.bin = {}
+            for file in files:
+                self.bin.update(load_bin(file, mmap=True))
 
     def keys(self) -> list[str]:
         return list(self.bin if self.bin is not None else self.files)
@@ -69,14 +79,15 @@ class _Reader:
         raise OptimlError(f"hf2engine: {name}", "tensor missing from the checkpoint",
                           "the checkpoint does not match its config.json")
 
-    def read(self, name: str, rows: slice = slice(None), cols: slice | None = None):
+    def read(self, name: str, rows: slice = slice(None), cols: slice | None = None,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
         key = self._name(name)
         if self.bin is not None:
             t = self.bin[key][rows]
-            return (t[:, cols] if cols is not None else t).clone().float()
+            return (t[:, cols] if cols is not None else t).to(dtype, copy=True)
         view = self.files[key].get_slice(key)
         t = view[rows, cols] if cols is not None else view[rows]
-        return t.float()
+        return t.to(dtype)
 
 
 def hf_names(cfg) -> list[str]:
@@ -98,26 +109,32 @@ def _chunk(n: int, rank: int, size: int) -> slice:
     return slice(rank * n // size, (rank + 1) * n // size)
 
 
-def local_weights(reader: _Reader, cfg, tp_rank: int, tp: int, stage: int, pp: int) -> dict:
-    """{engine name: (this rank's slice, tensor-parallel shard dim or None)}."""
-    out = {}
+Read = Callable[["_Reader", torch.dtype], torch.Tensor]
+
+
+def local_plan(cfg, tp_rank: int, tp: int, stage: int,
+               pp: int) -> dict[str, tuple[Read, int | None]]:
+    """{engine name: (read(reader, dtype) -> this rank's slice, tensor-parallel shard dim or
+    None)}: nothing is read until a slice's function is called."""
+    plan: dict[str, tuple[Read, int | None]] = {}
+
+    def take(name: str, dim, hf_name=None, rows=slice(None), cols=None):
+        plan[name] = (lambda r, dtype: r.read(hf_name or name, rows, cols, dtype), dim)
+
     first, last = stage == 0, stage == pp - 1
-    vocab = _chunk(cfg.vocab_size, tp_rank, tp)
+    projected = cfg.word_embed_proj_dim != cfg.hidden_size
     if first or last:
-        out["decoder.embed_tokens.weight"] = (reader.read("decoder.embed_tokens.weight", vocab),
-                                              0)
+        take("decoder.embed_tokens.weight", 0, rows=_chunk(cfg.vocab_size, tp_rank, tp))
     if first:
-        out["decoder.embed_positions.weight"] = (reader.read("decoder.embed_positions.weight"),
-                                                 None)
-        if cfg.word_embed_proj_dim != cfg.hidden_size:
-            out["decoder.project_in.weight"] = (reader.read("decoder.project_in.weight"), None)
+        take("decoder.embed_positions.weight", None)
+        if projected:
+            take("decoder.project_in.weight", None)
     if last:
         if cfg.pre_layer_norm:
             for kind in ("weight", "bias"):
-                name = f"decoder.final_layer_norm.{kind}"
-                out[name] = (reader.read(name), None)
-        if cfg.word_embed_proj_dim != cfg.hidden_size:
-            out["decoder.project_out.weight"] = (reader.read("decoder.project_out.weight"), None)
+                take(f"decoder.final_layer_norm.{kind}", None)
+        if projected:
+            take("decoder.project_out.weight", None)
     heads = cfg.num_heads // tp
     head_dim = cfg.hidden_size // cfg.num_heads
     qkv_rows = slice(tp_rank * heads * head_dim, (tp_rank + 1) * heads * head_dim)
@@ -126,55 +143,38 @@ def local_weights(reader: _Reader, cfg, tp_rank: int, tp: int, stage: int, pp: i
     for i in stage_layer_range(cfg.num_layers, pp, stage):
         p = f"decoder.layers.{i}."
         for kind in ("weight", "bias"):
-            q, k, v = (reader.read(f"{p}self_attn.{x}_proj.{kind}", qkv_rows) for x in "qkv")
-            out[f"{p}self_attn.qkv_proj.{kind}"] = (fuse_qkv(q, k, v, heads), 0)
-            out[f"{p}fc1.{kind}"] = (reader.read(f"{p}fc1.{kind}", ffn), 0)
+            names = [f"{p}self_attn.{x}_proj.{kind}" for x in "qkv"]
+            plan[f"{p}self_attn.qkv_proj.{kind}"] = (
+                lambda r, dtype, names=names: fuse_qkv(
+                    *(r.read(n, qkv_rows, dtype=dtype) for n in names), heads), 0)
+            take(f"{p}fc1.{kind}", 0, rows=ffn)
             for norm in ("self_attn_layer_norm", "final_layer_norm"):
-                out[f"{p}{norm}.{kind}"] = (reader.read(f"{p}{norm}.{kind}"), None)
-        out[f"{p}self_attn.out_proj.weight"] = (
-            reader.read(f"{p}self_attn.out_proj.weight", slice(None), hidden), 1)
-        out[f"{p}fc2.weight"] = (reader.read(f"{p}fc2.weight", slice(None), ffn), 1)
-        out[f"{p}self_attn.out_proj.bias"] = (reader.read(f"{p}self_attn.out_proj.bias"), None)
-        out[f"{p}fc2.bias"] = (reader.read(f"{p}fc2.bias"), None)
-    return out
+                take(f"{p}{norm}.{kind}", None)
+        take(f"{p}self_attn.out_proj.weight", 1, cols=hidden)
+        take(f"{p}fc2.weight", 1, cols=ffn)
+        take(f"{p}self_attn.out_proj.bias", None)
+        take(f"{p}fc2.bias", None)
+    return plan
+
+
+def local_weights(reader: _Reader, cfg, tp_rank: int, tp: int, stage: int, pp: int,
+                  dtype: torch.dtype = torch.float32) -> dict:
+    """{engine name: (this rank's slice, tensor-parallel shard dim or None)}, all read now."""
+    return {name: (read(reader, dtype), dim)
+            for name, (read, dim) in local_plan(cfg, tp_rank, tp, stage, pp).items()}
 
 
 def hf_to_engine_sharded(hf_dir, out, tp: int = 1, pp: int = 1) -> Path:
-    hf_dir, out = Path(hf_dir), Path(out)
+    hf_dir = Path(hf_dir)
     cfg = read_hf_config(hf_dir)
-    check_divisible(cfg, tp, "optiml convert hf2engine: --tp")
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else \
-        int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 and tp * pp > 1 and not state.is_initialized():
-        # The checkpoint is the same for every layout: --tp/--pp only spread the reading.
-        print(f"optiml convert hf2engine: one process for --tp {tp} --pp {pp}: writing the "
-              "same (layout-independent) checkpoint in one pass; launch tp*pp processes "
-              "with torchrun to split the reading", file=sys.stderr)
-        tp = pp = 1
-    owned = not state.is_initialized()
-    had_group = dist.is_available() and dist.is_initialized()
-    if owned:
-        if world != tp * pp:
-            raise OptimlError("optiml convert hf2engine", f"{world} processes for --tp {tp} "
-                              f"--pp {pp}", f"launch exactly {tp * pp} processes "
-                              f"(torchrun --nproc_per_node {tp * pp})")
-        state.initialize(tp, pp)
-    try:
-        g = state.grid()
-        if (g.tp, g.pp, g.dp) != (tp, pp, 1):
-            raise OptimlError("optiml convert hf2engine", f"{g.world_size} processes for "
-                              f"--tp {tp} --pp {pp}", f"launch exactly {tp * pp} processes")
+    command = "optiml convert hf2engine"
+
+    def weights_for(tp_rank: int, tp: int, stage: int, pp: int) -> dict:
         reader = _Reader(hf_dir)
-        reader.check_names(cfg, f"optiml convert hf2engine: {hf_dir}")
-        weights = local_weights(reader, cfg, g.tp_rank, tp, g.pp_rank, pp)
-        model = {name: ckpt.as_global(t, dim) for name, (t, dim) in weights.items()}
-        ckpt.save(out, {"model": model}, {"step": 0, "source": str(hf_dir),
-                                          "model_config": dataclasses.asdict(cfg)},
-                  kind="model", with_rng=False)
-    finally:
-        if owned:
-            state.destroy(keep_process_group=had_group)
-    return out
+        reader.check_names(cfg, f"{command}: {hf_dir}")
+        return local_weights(reader, cfg, tp_rank, tp, stage, pp)
+
+    return write_sharded(command, hf_dir, out, cfg, tp, pp, weights_for)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ parameters that are left, asking a source for each one's local values:
                  (`model.opt.initial_value`), one tensor at a time, sliced to this rank's
                  shard, so every layout holds the same full weights as one process
     HFInit       this rank's slices read from a Hugging Face directory (model/hf_shards.py's
-                 reader: safetensors slices straight from disk)
+                 reader: safetensors slices straight from disk, .bin memory-mapped), one
+                 tensor at a time, in the parameter's dtype
     EmptyInit    uninitialised storage, for a resume whose checkpoint then fills every shard
 
 Peak memory is then one rank's shards plus the largest full tensor (random init only).
@@ -77,30 +78,34 @@ class EmptyInit:
 
 
 class HFInit:
-    """This rank's slices of a Hugging Face OPT directory, read on first use. With virtual
+    """This rank's slices of a Hugging Face OPT directory, each read when its parameter is
+    materialised, straight in the parameter's dtype: the rank never holds more than its
+    parameters plus one slice in flight (not all its slices in fp32 at once). With virtual
     stages, chunk c of pipeline rank r is global stage c * pp + r of pp * virtual, which is
-    exactly the layers (and first/last-stage extras) that convert.local_weights reads."""
+    exactly the layers (and first/last-stage extras) that hf_shards.local_plan reads."""
 
     def __init__(self, path, config):
-        self.path, self.config, self.weights = Path(path), config, None
+        self.path, self.config = Path(path), config
+        self.reader = self.plan = None
 
-    def _read(self, cfg, layout: ParallelGrid) -> dict:
-        from optiml_engine.model.hf_shards import _Reader, local_weights
+    def _plan(self, layout: ParallelGrid) -> dict:
+        from optiml_engine.model.hf_shards import _Reader, local_plan
 
-        reader, out = _Reader(self.path), {}
-        reader.check_names(cfg, f"model.hf_path: {self.path}")
-        stages = layout.pp * layout.virtual
+        self.reader = _Reader(self.path)
+        self.reader.check_names(self.config, f"model.hf_path: {self.path}")
+        plan, stages = {}, layout.pp * layout.virtual
         for chunk in range(layout.virtual):
-            out.update(local_weights(reader, cfg, layout.tp_rank, layout.tp,
-                                     chunk * layout.pp + layout.pp_rank, stages))
-        return out
+            plan.update(local_plan(self.config, layout.tp_rank, layout.tp,
+                                   chunk * layout.pp + layout.pp_rank, stages))
+        return plan
 
     def __call__(self, name: str, param, layout: ParallelGrid, stats: InitStats) -> torch.Tensor:
-        if self.weights is None:
-            self.weights = self._read(self.config, layout)
-        if name not in self.weights:
-            raise KeyError(f"{name} is not among the slices read from {self.path}")
-        return self.weights.pop(name)[0]
+        if self.plan is None:
+            self.plan = self._plan(layout)
+        if name not in self.plan:
+            raise KeyError(f"{name} is not among the slices of {self.path} this rank reads")
+        read, _ = self.plan.pop(name)
+        return read(self.reader, param.dtype)
 
 
 def hf_meta_model(path, dropout: float) -> tuple[OPTForCausalLM, HFInit]:

@@ -30,6 +30,7 @@ from optiml_engine.distributed import state
 from optiml_engine.distributed.run_dir import DirectoryLock, clean_leftovers, on_rank0
 from optiml_engine.errors import OptimlError
 from optiml_engine.kernels import dispatch
+from optiml_engine.model.flops import PEAK_TFLOPS, device_peak_key, step_flops
 from optiml_engine.model.meta_init import build_local_model
 from optiml_engine.optim.schedule import lr_at
 from optiml_engine.training.cpu_alloc import keep_freed_memory
@@ -67,7 +68,8 @@ class Trainer:
         # A process group that was there before (a test's, a sweep's) outlives this run.
         self.keep_process_group = dist.is_available() and dist.is_initialized()
         if self.owns_grid:
-            state.initialize(p.tp, p.pp, p.backend, virtual=p.virtual_stages)
+            state.initialize(p.tp, p.pp, p.backend, virtual=p.virtual_stages,
+                             timeout_minutes=p.timeout_minutes)
         self.grid = state.grid()
         self.recipe = recipe
         if self.grid.rank != 0:  # one TensorBoard writer and one console
@@ -96,6 +98,7 @@ class Trainer:
         load_path = self.find_checkpoint()
         self.engine = self.build_engine(resuming=load_path is not None)
         self.model = self.engine.model
+        self.peak_flops = self._peak_flops()
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise OptimlError(
                 "recipe: model.vocab_size",
@@ -158,11 +161,35 @@ class Trainer:
                              f"(loss scale now {out['loss_scale']:g})")
         real = sum(float((b["tokens"] != self.tokenizer.pad_id).sum()) for b in micro_batches)
         capacity = sum(b["tokens"].numel() for b in micro_batches)
+        # This rank's data-parallel shard's needed FLOPs (model/flops.py), split over the
+        # tp x pp ranks that compute it; every shard holds the same number of tokens.
+        g = self.grid
+        flops = step_flops(self.engine.config, micro_batches, self.tokenizer.pad_id)
+        flops_per_s = flops / (g.tp * g.pp) / seconds
+        speed = {"tokens_per_s": capacity * g.dp / seconds, "tflops_per_gpu": flops_per_s / 1e12}
+        if self.peak_flops:
+            speed["mfu"] = flops_per_s / self.peak_flops
         return {"loss": out["loss"], "lr": lr, "grad_norm": out["grad_norm"],
                 "target_tokens": out["target_tokens"],
                 "target_tokens_per_s": out["target_tokens"] / seconds,
-                "packing_efficiency": real / capacity,
+                "packing_efficiency": real / capacity, **speed,
                 "loss_scale": out["loss_scale"], "skipped": out["skipped"]}
+
+    def _peak_flops(self) -> float | None:
+        """FLOP/s per device that train/mfu divides by: logging.peak_tflops, else the
+        device's entry in model/flops.py; None (said once) when neither gives one."""
+        if self.recipe.logging.peak_tflops is not None:
+            return self.recipe.logging.peak_tflops * 1e12
+        name, gib = "cpu", 0.0
+        if self.device.type == "cuda":
+            props = torch.cuda.get_device_properties(self.device)
+            name, gib = props.name, props.total_memory / 2**30
+        key = device_peak_key(name, gib)
+        if key is None or PEAK_TFLOPS[key] is None:
+            self.logger.info(f"train/mfu not logged: no peak FLOP/s for {name} in "
+                             "model/flops.py PEAK_TFLOPS; set logging.peak_tflops")
+            return None
+        return PEAK_TFLOPS[key] * 1e12
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -32,8 +32,10 @@ def make_layout(root: Path) -> None:
     (root / "flan/templates.json").write_text(json.dumps(
         {"rte": [["{premise}\nDoes this imply \"{hypothesis}\"?\n{options_}", "{answer}"]]}))
     shutil.copy(FIX / "flan/toy_nli.jsonl", root / "flan/rte.jsonl")
-    for bench in ("crossfit", "exmix", "t5"):
-        jsonl(root / bench / f"{bench}_toy.jsonl", [
+    # named as in the config's instruction table (§2.2: one sentence per task of these three)
+    for bench, task in (("crossfit", "emo"), ("exmix", "gpt2_deepfake_detection"),
+                        ("t5", "c4_span_corruption")):
+        jsonl(root / bench / f"{task}.jsonl", [
             {"src": f"{bench} question {i}?", "tgt": str(i), "category": "Question Answering"}
             for i in range(6)])
     (root / "unifiedskg").mkdir()
@@ -55,7 +57,9 @@ def test_opt_iml_config_builds_on_a_miniature_layout(tmp_path, monkeypatch):
     tasks = {t["name"]: t for t in manifest["tasks"]}
     assert tasks["flan_rte"]["split"] == "heldout_category"  # Textual Entailment
     assert tasks["task9002_fixture_capital_answer"]["split"] == "heldout_task"  # official test
-    assert tasks["imdb_polarity_question"]["category"] == "Sentiment Analysis"
+    # PromptSource: the dataset's templates merged into one task (Table 1, §4.1)
+    assert tasks["imdb"]["category"] == "Sentiment Analysis"
+    assert not any(name.startswith("imdb_") for name in tasks)
     assert tasks["unifiedskg_wikitq"]["category"] == "Question Answering"
     assert set(manifest["benchmarks"]) == {"superni", "promptsource", "flan", "crossfit", "exmix",
                                            "t5", "unifiedskg", "reasoning", "dialogue"}

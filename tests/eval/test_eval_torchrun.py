@@ -14,8 +14,9 @@ import torch.distributed as dist
 from optiml_engine.cli import main as cli_main
 from tests.parallel.harness import spawn
 
+# The engine's protocol ranks the Super-NI label task, so both kinds of scoring are compared.
 EVAL_ARGS = ["--shots", "0,1", "--max-instances", "4", "--max-new-tokens", "6",
-             "--batch-size", "3"]
+             "--batch-size", "3", "--protocol", "engine"]
 
 
 @pytest.fixture(scope="module")

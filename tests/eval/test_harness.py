@@ -17,7 +17,8 @@ from optiml_engine.eval.suite import EvalTask, subset, synthetic_suite
 def _task(name, category, n, options=None, metric="exact_match"):
     insts = [Instance(f"{name}-{i}", f"q{i}{name[-1]}", [options[i % 2] if options else f"a{i}"],
                       options) for i in range(n)]
-    return Task(name=name, benchmark="superni", category=category, definition="Do it.",
+    # not Super-NI: its label tasks are scored by generation under the paper's protocol
+    return Task(name=name, benchmark="crossfit", category=category, definition="Do it.",
                 instances=insts, metric=metric)
 
 
@@ -185,8 +186,9 @@ def test_training_evaluator_logs_scalars_and_history(model, tmp_path):
     from optiml_engine.config import EvalConfig
     from optiml_engine.eval.harness import TrainingEvaluator
 
+    # the engine's protocol: the synthetic (Super-NI) label tasks ranked, as these numbers say
     cfg = EvalConfig(interval=10, bench="synthetic", shots=[0], max_new_tokens=3,
-                     subset_tasks=1, subset_instances=2)
+                     subset_tasks=1, subset_instances=2, protocol="engine")
     evaluator = TrainingEvaluator(cfg, ByteTokenizer(), tmp_path / "h.jsonl")
     model.train()
     scalars = evaluator(model, step=10)
@@ -298,7 +300,8 @@ def test_eval_help_shows_the_defaults(capsys):
     from optiml_engine.eval.harness import build_parser
 
     text = " ".join(build_parser().format_help().split())  # argparse wraps at the terminal width
-    for fragment in ("demonstrations (default: 0)", "instances per task (default: 100)",
+    for fragment in ("for every task (default: 0,5,", "(default: paper)",
+                     "instances per task, 0 for all (default: 250,",
                      "greedy decoding budget (default: 256, as OPT-IML)",
                      "prompts per batch (default: 8)", "pipeline stages (default: 1)",
                      "demonstration draws (default: 0)"):

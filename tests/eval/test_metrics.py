@@ -7,7 +7,6 @@ import pytest
 from optiml_engine.eval import metrics
 from optiml_engine.eval.metrics import (
     accuracy,
-    aggregate,
     exact_match,
     is_xlingual,
     normalize_answer,
@@ -102,7 +101,11 @@ def test_track_rule_and_accuracy():
     assert accuracy("no", ["yes", "no"]) == 100.0
 
 
-def test_aggregate_task_and_category_over_instances_levels_over_tasks():
+def test_engine_protocol_category_over_instances_levels_over_tasks():
+    """The engine's earlier averaging, still reachable as --protocol engine."""
+    from optiml_engine.eval.aggregate import aggregate
+    from optiml_engine.eval.protocol import ENGINE
+
     def rec(task, category, level, value, shots=0):
         return {"task": task, "category": category, "benchmark": "superni", "level": level,
                 "shots": shots, "scores": {"rougeL": value}}
@@ -111,7 +114,7 @@ def test_aggregate_task_and_category_over_instances_levels_over_tasks():
                rec("t1", "qa", "L1", 50.0), rec("t2", "qa", "L1", 20.0),
                rec("t3", "cls", "L2", 10.0),
                rec("t3", "cls", "L2", 30.0, shots=5)]
-    agg = aggregate(records)
+    agg = aggregate(records, ENGINE)
     assert list(agg) == [0, 5]
     assert agg[0]["task"]["t1"]["rougeL"] == pytest.approx(50.0)
     assert agg[0]["category"]["qa"]["rougeL"] == pytest.approx(170.0 / 4)  # pooled instances

@@ -41,7 +41,7 @@ def test_report_files_and_tables(tmp_path):
 
 
 def test_side_by_side_and_history(tmp_path):
-    from optiml_engine.eval.metrics import aggregate
+    from optiml_engine.eval.aggregate import aggregate
 
     after = aggregate(_records())
     before = aggregate([dict(r, scores={"score": 0.0}) for r in _records()])
@@ -53,3 +53,30 @@ def test_side_by_side_and_history(tmp_path):
     path.write_text('{"step": 1, "a": 2.0}\n\n{"step": 2, "a": 3.0}\n')
     assert load_history(path) == [{"step": 1, "a": 2.0}, {"step": 2, "a": 3.0}]
     assert load_history(tmp_path / "missing.jsonl") == []
+
+
+def test_report_has_the_papers_table_shape(tmp_path):
+    """Rows: benchmarks within each level, with task counts, then the level; columns: 0-shot,
+    5-shot, then the 0/5 average (hand-computed below)."""
+    def rec(task, benchmark, category, level, shots, score):
+        return {"task": task, "category": category, "benchmark": benchmark, "level": level,
+                "shots": shots, "id": f"{task}-{shots}", "kind": "generate", "prediction": "p",
+                "references": ["r"], "scores": {"score": score}}
+
+    records = [rec("t1", "superni", "Coref", "heldout_category", 0, 40.0),
+               rec("t1", "superni", "Coref", "heldout_category", 5, 60.0),
+               rec("ps1", "promptsource", "Coref", "heldout_category", 0, 20.0),
+               rec("ps1", "promptsource", "Coref", "heldout_category", 5, 30.0),
+               rec("t2", "superni", "Summarization", "heldout_task", 0, 10.0)]
+    write_report(tmp_path, records, {"shots": [0, 5]})
+    md = (tmp_path / "report.md").read_text()
+    table = md.split("## Benchmarks x levels\n\n")[1].split("\n\n")[0].splitlines()
+    assert table == [
+        "| level | benchmark | tasks | 0-shot | 5-shot | 0/5-shot avg |",
+        "|---|---|---|---|---|---|",
+        "| 1. held-out categories | promptsource | 1 | 20.0 | 30.0 | 25.0 |",
+        "| 1. held-out categories | superni | 1 | 40.0 | 60.0 | 50.0 |",
+        "| 1. held-out categories | **all** | 2 | 30.0 | 45.0 | 37.5 |",
+        "| 2. held-out tasks of seen categories | superni | 1 | 10.0 | - | 10.0 |",
+        "| 2. held-out tasks of seen categories | **all** | 1 | 10.0 | - | 10.0 |"]
+    assert "| 1. held-out categories | Coref | 30.0 | 45.0 |" in md

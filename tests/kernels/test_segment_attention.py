@@ -64,3 +64,21 @@ def test_auto_takes_it_for_long_rows_only_and_the_answer_is_the_same(monkeypatch
     assert calls == [1024]  # the 200-token rows took the masked SDPA
     attention(*short, doc[:, :200], backend="segments")  # asked for by name: any length
     assert calls == [1024, 200]
+
+
+def test_fused_qkv_views_many_buckets_fp32_forward_and_backward():
+    """As the model calls it: q, k, v unbound from one [B, S, H, 3, D] projection (strided
+    views), rows of many examples in many buckets, the last run ending exactly at a bucket."""
+    rows = [[5, 64, 1, 33, 200, 31, 2, 176, 512], [300, 3, 97, 96, 128, 400]]
+    b, s, h, d = len(rows), sum(rows[0]), 4, 8
+    assert all(sum(r) == s for r in rows)
+    doc = torch.tensor([[i for i, n in enumerate(r) for _ in range(n)] for r in rows])
+    torch.manual_seed(3)
+    qkv = torch.randn(b, s, h, 3, d, requires_grad=True)
+    got = segment_attention(*qkv.unbind(3), doc, scale=0.35)
+    want = sdpa_attention(*qkv.unbind(3), doc, scale=0.35)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    grad_out = torch.randn_like(got)
+    (g_got,) = torch.autograd.grad(got, qkv, grad_out)
+    (g_want,) = torch.autograd.grad(want, qkv, grad_out)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-6, atol=1e-6)

@@ -128,7 +128,7 @@ def hf_case(hf_dir: str, layout: dict) -> dict | None:
                       if not torch.equal(p, want[n] if getattr(p, "tp_shard_dim", None) is None
                                          else want[n].chunk(tp, p.tp_shard_dim)[g.tp_rank])]
         return {"full_reads": calls["n"], "mismatched": mismatched,
-                "tensors": engine.init_stats.tensors, "left": len(source.weights)}
+                "tensors": engine.init_stats.tensors, "left": len(source.plan)}
     finally:
         done()
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from optiml_engine.benchmarks import gpu_check
-from optiml_engine.benchmarks.train import hf_micro_batches, step_flops
+from optiml_engine.benchmarks.train import examples_flops, hf_micro_batches
 
 ROOT = Path(__file__).resolve().parents[2]
 # Measured by the dry run on a CPU too (the Triton kernels under the interpreter, gloo).
@@ -80,9 +80,10 @@ def test_ratio_and_an_empty_report():
 
 
 def test_step_flops_by_hand():
-    cfg = SimpleNamespace(hidden_size=2, num_layers=1, ffn_hidden_size=8, vocab_size=10)
+    cfg = SimpleNamespace(hidden_size=2, num_layers=1, ffn_hidden_size=8, vocab_size=10,
+                          word_embed_proj_dim=2)
     # dense 2*(4*4 + 2*2*8)*3 = 288, attention 4*2*(3*4/2) = 48, head 2*10*2*1 = 40; x3
-    assert step_flops(cfg, [([2, 5, 2], 1)]) == 3 * (288 + 48 + 40)
+    assert examples_flops(cfg, [([2, 5, 2], 1)]) == 3 * (288 + 48 + 40)
 
 
 def test_hf_micro_batches_keep_every_example_once():

@@ -8,7 +8,8 @@ default: read from the file name, e.g. `validation.jsonl`). UnifiedSKG's own rec
 UnifiedSKG does: `[description ; ]text_in ; structured knowledge: struct_in`.
 
 chain-of-thought record: `question`, `rationale`, `answer`; the target is the rationale followed
-by the answer, so the model learns to reason before answering. Answer options, if any, belong in
+by the answer (`target`, default `COT_TARGET`; OPT-IML, Table 6: "{rationale} The answer is
+{answer}"), so the model learns to reason before answering. Answer options, if any, belong in
 the question text: the target is free-form (a rationale), so these tasks are never rank-classified.
 """
 
@@ -22,6 +23,7 @@ from ..task import Instance, Task
 from .common import SPLIT_NAMES, expand, read_jsonl, require_str, split_of
 
 COT_ANSWER_PREFIX = "So the answer is"
+COT_TARGET = "{rationale} " + COT_ANSWER_PREFIX + " {answer}."
 
 
 def _options(record: dict, where: str) -> list[str] | None:
@@ -48,11 +50,11 @@ def _seq2seq_pair(record: dict, where: str) -> tuple[str, list[str]]:
     return text, refs
 
 
-def _cot_pair(record: dict, where: str) -> tuple[str, list[str]]:
+def _cot_pair(record: dict, where: str, target: str = COT_TARGET) -> tuple[str, list[str]]:
     question = require_str(record, "question", where)
     rationale = require_str(record, "rationale", where).strip()
     answer = require_str(record, "answer", where).strip()
-    return question, [f"{rationale} {COT_ANSWER_PREFIX} {answer}."]
+    return question, [target.format(rationale=rationale, answer=answer)]
 
 
 def _load(path: str | Path, benchmark: str, pair: Callable[[dict, str], tuple[str, list[str]]],
@@ -94,5 +96,8 @@ def load_seq2seq(path: str | Path, benchmark: str = "seq2seq") -> list[Task]:
     return _load(path, benchmark, _seq2seq_pair, "")
 
 
-def load_cot(path: str | Path, benchmark: str = "reasoning") -> list[Task]:
-    return _load(path, benchmark, _cot_pair, "Chain-of-Thought Reasoning", use_options=False)
+def load_cot(path: str | Path, benchmark: str = "reasoning", target: str = COT_TARGET
+             ) -> list[Task]:
+    """`target` lays out the reference: "{rationale}" and "{answer}" are the record's fields."""
+    return _load(path, benchmark, lambda r, w: _cot_pair(r, w, target),
+                 "Chain-of-Thought Reasoning", use_options=False)
