@@ -88,7 +88,7 @@ def _read_source(src: SourceConfig, skipped: list[Skipped], limits, cot_target: 
     if src.format == "synthetic_mix":  # its tasks name their own benchmarks
         from .synthetic_mix import synthetic_mix_tasks
 
-        return synthetic_mix_tasks(src.seed, src.instances_per_task)
+        return synthetic_mix_tasks(src.seed, src.instances_per_task, cot_target)
     if src.format == "synthetic":
         from .synthetic import synthetic_tasks
 

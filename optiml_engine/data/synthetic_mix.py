@@ -5,9 +5,10 @@ studies vary, on generated data, so each `recipes/ablations/demo-*` sweep can ru
   benchmarks (superni, promptsource, flan, crossfit: §4.3 proportions), with instance counts
   cycling through SIZES so that the per-task cap matters (§4.2 EPS); each task is its own dataset
   (nothing is de-duplicated away);
-- reasoning tasks (benchmark `reasoning`, chain-of-thought answers ending "So the answer is X.",
-  as the cot source writes them: §4.6), dialogue tasks (benchmark `dialogue`, category Dialogue
-  Generation: §4.7) and pre-training text (benchmark `pretraining`, empty source: §4.5).
+- reasoning tasks (benchmark `reasoning`, chain-of-thought answers written as the cot source
+  writes them, "... So the answer is X." by default: §4.6), dialogue tasks (benchmark
+  `dialogue`, category Dialogue Generation: §4.7) and pre-training text (benchmark
+  `pretraining`, empty source: §4.5).
 
 Deterministic from the seed, as data/synthetic.py is.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from .sources.seq2seq import COT_ANSWER_PREFIX
+from .sources.seq2seq import COT_TARGET
 from .synthetic import synthetic_tasks
 from .task import Instance, Task
 
@@ -37,7 +38,7 @@ def _instruction_tasks(seed: int) -> list[Task]:
     return tasks
 
 
-def _reasoning(seed: int, k: int, count: int) -> Task:
+def _reasoning(seed: int, k: int, count: int, target: str) -> Task:
     rng = random.Random(f"{seed}:reasoning:{k}")
     instances, seen = [], set()
     while len(instances) < count:
@@ -55,7 +56,7 @@ def _reasoning(seed: int, k: int, count: int) -> Task:
             continue
         seen.add(q)
         instances.append(Instance(id=f"cot{k}-{len(instances)}", input=q,
-                                  outputs=[f"{why} {COT_ANSWER_PREFIX} {answer}."]))
+                                  outputs=[target.format(rationale=why, answer=answer)]))
     return Task(name=f"reasoning_synthetic_arith{k}", benchmark="reasoning",
                 category="Chain-of-Thought Reasoning", definition=COT_DEFINITION,
                 instances=instances, metric="rouge_l", dataset=f"synthetic_arith{k}")
@@ -95,11 +96,13 @@ def _pretraining(seed: int, k: int, count: int) -> Task:
                 metric="rouge_l", dataset=f"synthetic_text{k}")
 
 
-def synthetic_mix_tasks(seed: int = 0, instances_per_task: int = 200) -> list[Task]:
+def synthetic_mix_tasks(seed: int = 0, instances_per_task: int = 200,
+                        cot_target: str = COT_TARGET) -> list[Task]:
     """Every task of the demo bench; `instances_per_task` sizes the reasoning, dialogue and
-    pre-training tasks (the instruction tasks follow SIZES)."""
+    pre-training tasks (the instruction tasks follow SIZES); reasoning targets are written as the
+    bench's cot sources are (`cot_target`, prompts.reasoning_target)."""
     n = instances_per_task
     return [*_instruction_tasks(seed),
-            *(_reasoning(seed, k, n) for k in range(REASONING_TASKS)),
+            *(_reasoning(seed, k, n, cot_target) for k in range(REASONING_TASKS)),
             *(_dialogue(seed, k, n) for k in range(DIALOGUE_TASKS)),
             *(_pretraining(seed, k, n) for k in range(PRETRAINING_TASKS))]

@@ -97,14 +97,16 @@ def aggregate(results: dict) -> dict:
 
 
 def best_per_level(agg: dict) -> dict:
-    """The variant with the highest mean selection score of each level (ties: the first)."""
+    """The variants with the highest mean selection score of each level (several on a tie,
+    which a tiny model's identical predictions give)."""
     best = {}
     keys = _levels({k for a in agg.values() for k in a["selection"] if k != "overall"})
     for key in [*keys, "overall"]:
-        ranked = [(a["selection"][key]["mean"], -i, name) for i, (name, a) in
-                  enumerate(agg.items()) if key in a["selection"]]
-        if ranked:
-            best[key] = max(ranked)[2]
+        means = {name: a["selection"][key]["mean"] for name, a in agg.items()
+                 if key in a["selection"]}
+        if means:
+            top = max(means.values())
+            best[key] = [name for name, mean in means.items() if mean == top]
     return best
 
 
@@ -154,7 +156,9 @@ def render(results: dict, agg: dict, charts: list[str] = ()) -> str:
     parts += [_table(header, rows), ""]
     best = best_per_level(agg)
     parts += ["Best variant per level: " + "; ".join(
-        f"{LEVEL_TITLES.get(k, k)}: **{best[k]}**" for k in sel_keys if k in best), ""]
+        f"{LEVEL_TITLES.get(k, k)}: " + (f"**{best[k][0]}**" if len(best[k]) == 1 else
+                                         f"tie of {', '.join(best[k])}")
+        for k in sel_keys if k in best), ""]
     for chart in charts:
         parts += [f"![{Path(chart).stem}]({Path(chart).name})", ""]
 

@@ -74,6 +74,7 @@ def test_killed_sweep_continues_and_reports_the_same(tmp_path, bench_dir, capsys
     assert all(" | cat " in line and " | selection " in line and " | ETA " in line
                for line in progress)
     assert progress[-1].endswith("ETA 0s")
+    capsys.readouterr()  # what the reference sweep printed
     assert main(["sweep", "--status", str(killed)]) == 0
     assert capsys.readouterr().out.startswith("sweep tiny: 6/6 done, 0 running, 0 failed")
     assert {p.parent.name for p in killed.glob("runs/*/DONE.json")} == names

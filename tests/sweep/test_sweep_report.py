@@ -31,9 +31,14 @@ def test_means_stds_and_deltas_equal_a_hand_computation():
     # category of B, 0-shot: 6, 6, 12 -> mean 8, std sqrt((4 + 4 + 16) / 2)
     cat = b["category"]["heldout_category"]["Word Analogy"]["0"]
     assert (cat["mean"], cat["std"]) == pytest.approx((8.0, math.sqrt(12.0)))
-    assert best_per_level(agg) == {"heldout_category": "B", "overall": "B"}
+    assert best_per_level(agg) == {"heldout_category": ["B"], "overall": ["B"]}
+    results["runs"] = [r for r in results["runs"] if r["variant"] == "A"] + [
+        {**r, "variant": "B"} for r in results["runs"] if r["variant"] == "A"]
+    assert best_per_level(aggregate(results))["overall"] == ["A", "B"]  # a tie: both
 
+    results = json.loads(FIXTURE.read_text())
     text = render(results, agg)
+    assert "Best variant per level: held-out categories: **B**; overall: **B**" in text
     assert "| B | 24.0 ± 11.1 | 24.0 ± 11.1 | +4.0 ± 2.0 | +4.0 ± 2.0 |" in text
     assert "| A (baseline) | 12.0 ± 2.0 | 24.0 ± 5.3 |" in text
     assert "| B-s3 | 13.0 s | 3000 | 300 tok/s | 5 | 1.0000 |" in text
