@@ -23,7 +23,7 @@ def test_memory_arithmetic_by_hand():
     recipe = load_recipe(None, ["model.hidden_size=64", "model.num_layers=4", "model.num_heads=4",
                                 "model.vocab_size=100", "model.max_position_embeddings=30",
                                 "data.seq_length=16", "train.global_batch_size=8",
-                                "train.micro_batch_size=1", "parallel.zero1=true"])
+                                "train.micro_batch_size=1", "parallel.shard=zero1"])
     plan = plan_layout(recipe, tp=2, pp=2, dp=2)
     layer = 4 * 64 * 64 + 4 * 64 + 2 * 64 * 256 + 256 + 64 + 4 * 64  # 49984
     embed = 100 * 64 + 32 * 64 + 2 * 64  # 8576

@@ -62,7 +62,7 @@ def run_layout(rank: int, layout: dict, steps, references, micro: int) -> dict |
         drop = layout.get("drop", 0.0)
         cfg = tiny_config(dropout=drop, attention_dropout=drop)
         model = meta_model(cfg, SEED)  # only this rank's part is ever built
-        par = parallel_config(tp, pp, layout.get("sp", False), layout.get("zero1", False),
+        par = parallel_config(tp, pp, layout.get("sp", False), layout.get("shard", "none"),
                               layout.get("recompute", "none"),
                               virtual_stages=layout.get("vs", 1))
         # Chunks of 7 target tokens (several per micro-batch); chunk 0: full logits.

@@ -22,11 +22,11 @@ from optiml_engine.distributed.checkpoint import load_weights  # noqa: E402
 WORLD = 4
 SAVES = {
     "tp2pp2sp": dict(tp=2, pp=2, dp=1, sp=True),
-    "pp2dp2zero": dict(tp=1, pp=2, dp=2, zero1=True),
+    "pp2dp2zero": dict(tp=1, pp=2, dp=2, shard="zero1"),
 }
 LOADS = {
     "tp4-from-tp2pp2": (dict(tp=4, pp=1, dp=1), "tp2pp2sp"),
-    "pp2dp2zero-from-tp2pp2": (dict(tp=1, pp=2, dp=2, zero1=True), "tp2pp2sp"),
+    "pp2dp2zero-from-tp2pp2": (dict(tp=1, pp=2, dp=2, shard="zero1"), "tp2pp2sp"),
     "tp2dp2-from-pp2dp2zero": (dict(tp=2, pp=1, dp=2, sp=True), "pp2dp2zero"),
 }
 

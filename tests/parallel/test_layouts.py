@@ -30,7 +30,7 @@ LAYOUTS = [
     dict(tp=1, pp=1, dp=1, drop=DROP),
     dict(tp=1, pp=2, dp=1, drop=DROP),
     dict(tp=1, pp=1, dp=2, drop=DROP),
-    dict(tp=1, pp=2, dp=2, zero1=True, drop=DROP),
+    dict(tp=1, pp=2, dp=2, shard="zero1", drop=DROP),
     dict(tp=2, pp=1, dp=1, drop=DROP),
     dict(tp=2, pp=2, dp=2, sp=True, drop=DROP),
     dict(tp=2, pp=1, dp=1, chunk=0),  # the full-logits vocab-parallel loss
@@ -39,22 +39,22 @@ LAYOUTS = [
     dict(tp=2, pp=1, dp=1, sp=True),
     dict(tp=1, pp=2, dp=1),
     dict(tp=1, pp=1, dp=2),
-    dict(tp=1, pp=1, dp=2, zero1=True),
+    dict(tp=1, pp=1, dp=2, shard="zero1"),
     dict(tp=2, pp=2, dp=1, sp=True),
     dict(tp=2, pp=2, dp=1, sp=True, recompute="full"),
     dict(tp=2, pp=1, dp=2, sp=True),
-    dict(tp=2, pp=1, dp=2, sp=True, zero1=True),
+    dict(tp=2, pp=1, dp=2, sp=True, shard="zero1"),
     dict(tp=1, pp=2, dp=2),
-    dict(tp=1, pp=2, dp=2, zero1=True),
+    dict(tp=1, pp=2, dp=2, shard="zero1"),
     dict(tp=2, pp=2, dp=2, sp=True),
-    dict(tp=2, pp=2, dp=2, sp=True, zero1=True),
+    dict(tp=2, pp=2, dp=2, sp=True, shard="zero1"),
     dict(tp=1, pp=4, dp=1),
     dict(tp=1, pp=2, dp=1, vs=2),  # interleaved 1F1B, 2 virtual stages per rank
     dict(tp=2, pp=2, dp=2, sp=True, vs=2),
 ]
 # bf16 weights with fp32 masters under every layout; compared with bf16 on one process.
 BF16 = [dict(tp=1, pp=1, dp=1, dtype="bf16"), dict(tp=1, pp=2, dp=1, dtype="bf16"),
-        dict(tp=1, pp=1, dp=2, zero1=True, dtype="bf16")]
+        dict(tp=1, pp=1, dp=2, shard="zero1", dtype="bf16")]
 STEPS, GLOBAL_BATCH, MICRO = 10, 8, 2
 
 

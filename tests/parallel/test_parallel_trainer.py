@@ -41,7 +41,7 @@ def test_parallel_trainer_matches_single_process_trainer(tmp_path):
     runs = {
         "tp2pp2sp": ["parallel.tp=2", "parallel.pp=2", "parallel.sp=true",
                      f"checkpoint.dir={tmp_path / 'ck'}", "checkpoint.interval=2"],
-        "pp2dp2zero": ["parallel.pp=2", "parallel.zero1=true"],
+        "pp2dp2zero": ["parallel.pp=2", "parallel.shard=zero1"],
     }
     for name, layout in RESUMED.items():
         common = [*layout, "model.dropout=0.1", "model.attention_dropout=0.1", "train.steps=6"]
