@@ -29,6 +29,7 @@ target tokens of the whole global batch.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -122,8 +123,8 @@ class FlatBuffers:
         out = []
         for b in self.buckets:
             own = self.rank * b.shard
-            for p, o in zip(b.params, b.offsets, strict=True):
-                lo, hi = max(o, own), min(o + p.numel(), own + b.shard)
+            for p, o, shape in zip(b.params, b.offsets, b.shapes, strict=True):
+                lo, hi = max(o, own), min(o + shape.numel(), own + b.shard)
                 if lo < hi:
                     out.append((index[id(p)], lo - o, hi - o, b.local + lo - own))
         return out
@@ -214,6 +215,19 @@ class FlatBuffers:
             p.data = torch.empty(0, dtype=self.dtype, device=b.full.device)
         b.full = None  # tensors autograd saved from the forward keep their own reference
 
+    @contextlib.contextmanager
+    def gathered(self):
+        """Every zero3 parameter whole for the duration (FSDP's summon_full_params: for tests,
+        tools and exports; every data-parallel rank must enter it)."""
+        sharded = [b for b in self.buckets if b.sharded]
+        for b in sharded:
+            self.gather(b)
+        try:
+            yield
+        finally:
+            for b in sharded:
+                self.release(b)
+
     def hook_module(self, module, params) -> None:
         """Gather `params`' zero3 bucket before module's forward and before its backward; free
         it after the forward (the backward frees it once its gradients are reduced)."""
@@ -246,7 +260,7 @@ class FlatBuffers:
         flat = torch.zeros(b.size, dtype=self.dtype, device=self.grad_local.device)
         for p, o in zip(b.params, b.offsets, strict=True):
             if p.grad is not None:
-                flat[o:o + p.numel()].copy_(p.grad.reshape(-1))
+                flat[o:o + p.grad.numel()].copy_(p.grad.reshape(-1))
             p.grad = None
         part = torch.empty(b.shard, dtype=self.dtype, device=flat.device)
         reduce_scatter_tensor(part, flat, group=self.group)

@@ -61,7 +61,7 @@ class FlatAdamW:
         self.counted = [(at, at + hi - lo) for i, lo, hi, at in self.pieces
                         if counts[i] and count_here]
         self.groups = [(decays, [(at, at + hi - lo) for i, lo, hi, at in self.pieces
-                                 if (self.params[i].ndim >= 2) == decays])
+                                 if (len(self.shapes[i]) >= 2) == decays])
                        for decays in (True, False)]
         self.groups = [(decays, ranges) for decays, ranges in self.groups if ranges]
 

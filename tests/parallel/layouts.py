@@ -75,8 +75,10 @@ def run_layout(rank: int, layout: dict, steps, references, micro: int) -> dict |
                                     optim_config().lr, optim_config().clip_grad)
             losses.append(out["loss"])
             norms.append(out["grad_norm"])
-        weight_err = max_weight_error(engine.model, reference_for(references, layout)["weights"],
-                                      tp, grid.tp_rank)
+        with engine.optimizer.buffers.gathered():  # zero3: the whole layers, for the check
+            weight_err = max_weight_error(engine.model,
+                                          reference_for(references, layout)["weights"], tp,
+                                          grid.tp_rank)
         return {"losses": losses, "norms": norms, "weight_err": weight_err,
                 "params": sorted(n for n, _ in engine.model.named_parameters())}
     finally:
