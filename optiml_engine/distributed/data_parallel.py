@@ -56,7 +56,9 @@ class Bucket:
     sharded: bool = False  # zero3: only the slice exists between uses
     late: bool = False
     ready: int = 0
-    full: torch.Tensor | None = None  # zero3: the gathered parameters while in use
+    full: torch.Tensor | None = None  # zero3: the whole parameters, storage empty between uses
+    gathered: bool = False
+    grad_flat: torch.Tensor | None = None  # zero3: this micro-batch's gradients, until reduced
     shapes: list = field(default_factory=list)
 
 
@@ -74,6 +76,11 @@ class FlatBuffers:
         self.shards = self.dp if self.sharding else 1
         self.rank = group_rank(group) if self.sharding else 0
         self.sync = False
+        # gloo's reduce_scatter_tensor copies its input 2.7 times over (measured, torch 2.13):
+        # with every bucket in flight, a full-size temporary. On gloo a bucket is summed in
+        # place by all-reduce and the rank keeps its slice (twice the bytes on the wire, no
+        # copy); NCCL reduce-scatters.
+        self.in_place_sum = self.sharding and dist.get_backend(group) == "gloo"
         late_ids = {id(p) for p in late}
         units = [list(u) for u in units] if mode == "zero3" and self.sharding else []
         unit_ids = {id(p) for u in units for p in u}
@@ -168,21 +175,27 @@ class FlatBuffers:
         with torch.no_grad():
             for b in self.buckets:
                 for k, p in enumerate(b.params):
-                    if b.sharded:
-                        p.data = torch.empty(0, dtype=dtype, device=device)
+                    if b.sharded:  # views of the whole bucket, emptied once all are made
+                        if b.full is None:
+                            b.full = torch.empty(b.size, dtype=dtype, device=device)
+                            b.gathered = True
+                        p.data = self._view(b.full, b, k, start=0)
                         p.zero3_shard = (self, b, k)  # read by distributed/checkpoint.py
                     else:
                         view = self._view(self.param_buf, b, k)
                         view.copy_(p.detach())
                         p.data = view
+        for b in self.buckets:
+            if b.sharded:
+                self.release(b)
         self.zero_grad()
         if self.dp > 1:
             self._hooks = [p.register_post_accumulate_grad_hook(
                 self._on_unit_grad if self.bucket_of[id(p)].sharded else self._on_grad)
                 for p in self.params]
 
-    def _view(self, buf: torch.Tensor, b: Bucket, k: int) -> torch.Tensor:
-        o, shape = b.start + b.offsets[k], b.shapes[k]
+    def _view(self, buf: torch.Tensor, b: Bucket, k: int, start=None) -> torch.Tensor:
+        o, shape = (b.start if start is None else start) + b.offsets[k], b.shapes[k]
         return buf[o:o + shape.numel()].view(shape)
 
     def local_slice(self, t: torch.Tensor, b: Bucket) -> torch.Tensor:
@@ -196,24 +209,25 @@ class FlatBuffers:
         for b in self.buckets:
             for k, p in enumerate(b.params):
                 p.grad = None if b.sharded else self._view(self.grad_buf, b, k)
-            b.ready = 0
+            b.ready, b.grad_flat = 0, None
 
     # -- zero3: gather for use, free after ----------------------------------------------------
 
     def gather(self, b: Bucket) -> None:
-        if b.full is not None:
+        """Refill a zero3 bucket's parameters from every rank's slice."""
+        if b.gathered:
             return
-        b.full = torch.empty(b.size, dtype=self.dtype, device=self.shard_params.device)
+        b.full.untyped_storage().resize_(b.size * b.full.element_size())
         all_gather_into_tensor(b.full, self.local_slice(self.shard_params, b), group=self.group)
-        for p, o, shape in zip(b.params, b.offsets, b.shapes, strict=True):
-            p.data = b.full[o:o + shape.numel()].view(shape)
+        b.gathered = True
 
     def release(self, b: Bucket) -> None:
-        if b.full is None:
-            return
-        for p in b.params:
-            p.data = torch.empty(0, dtype=self.dtype, device=b.full.device)
-        b.full = None  # tensors autograd saved from the forward keep their own reference
+        """Free a zero3 bucket's parameters. Their views (and what autograd saved of them)
+        keep their shapes and point at an empty storage until the next gather refills it in
+        place (FSDP's resize-to-zero), so a saved `weight.t()` sees the values again."""
+        if b.gathered:
+            b.full.untyped_storage().resize_(0)
+            b.gathered = False
 
     @contextlib.contextmanager
     def gathered(self):
@@ -237,6 +251,7 @@ class FlatBuffers:
 
         def regather(grad):
             self.gather(b)
+            self._grad_views(b)
             return grad
 
         def after(_module, _inputs, out):
@@ -248,6 +263,14 @@ class FlatBuffers:
         self._hooks += [module.register_forward_pre_hook(lambda *_: self.gather(b)),
                         module.register_forward_hook(after)]
 
+    def _grad_views(self, b: Bucket) -> None:
+        """Before a zero3 bucket's backward: its `.grad`s as views of one zeroed flat tensor,
+        so autograd accumulates into what is then reduced (no copy)."""
+        if b.grad_flat is None:
+            b.grad_flat = torch.zeros(b.size, dtype=self.dtype, device=self.grad_local.device)
+            for k, p in enumerate(b.params):
+                p.grad = self._view(b.grad_flat, b, k, start=0)
+
     def _on_unit_grad(self, param) -> None:
         b = self.bucket_of[id(param)]
         b.ready += 1
@@ -257,13 +280,20 @@ class FlatBuffers:
     @torch.no_grad()
     def _reduce_unit(self, b: Bucket) -> None:
         """Sum this micro-batch's gradients of a zero3 bucket into this rank's slice."""
-        flat = torch.zeros(b.size, dtype=self.dtype, device=self.grad_local.device)
-        for p, o in zip(b.params, b.offsets, strict=True):
-            if p.grad is not None:
-                flat[o:o + p.grad.numel()].copy_(p.grad.reshape(-1))
+        flat, b.grad_flat = b.grad_flat, None
+        if flat is None:  # its backward ran without the pre-backward hook
+            flat = torch.zeros(b.size, dtype=self.dtype, device=self.grad_local.device)
+        for k, p in enumerate(b.params):
+            view = self._view(flat, b, k, start=0)
+            if p.grad is not None and p.grad.data_ptr() != view.data_ptr():
+                view.copy_(p.grad)  # not the view (someone replaced it)
             p.grad = None
-        part = torch.empty(b.shard, dtype=self.dtype, device=flat.device)
-        reduce_scatter_tensor(part, flat, group=self.group)
+        if self.in_place_sum:
+            dist.all_reduce(flat, group=self.group)
+            part = flat[self.rank * b.shard:(self.rank + 1) * b.shard]
+        else:
+            part = torch.empty(b.shard, dtype=self.dtype, device=flat.device)
+            reduce_scatter_tensor(part, flat, group=self.group)
         self.local_slice(self.grad_local, b).add_(part)
         b.ready = 0
         self.release(b)
@@ -294,13 +324,20 @@ class FlatBuffers:
 
     def _launch(self, b: Bucket) -> None:
         grads = self.grad_buf[b.start:b.start + b.size]
-        if self.sharding:
-            work = dist.reduce_scatter_tensor(self.local_slice(self.grad_local, b), grads,
-                                              group=self.group, async_op=True)
+        if self.sharding and not self.in_place_sum:
+            work = reduce_scatter_tensor(self.local_slice(self.grad_local, b), grads,
+                                         group=self.group, async_op=True)
+            self.pending.append((work, None))
         else:
             work = dist.all_reduce(grads, group=self.group, async_op=True)
-        self.pending.append(work)
+            self.pending.append((work, b if self.sharding else None))
         self.next_launch += 1
+
+    def _keep_slice(self, b: Bucket) -> None:
+        """After an in-place all-reduce standing in for a reduce-scatter: keep this rank's slice."""
+        summed = self.grad_buf[b.start:b.start + b.size]
+        self.local_slice(self.grad_local, b).copy_(
+            summed[self.rank * b.shard:(self.rank + 1) * b.shard])
 
     @torch.no_grad()
     def finish(self) -> torch.Tensor:
@@ -320,8 +357,10 @@ class FlatBuffers:
                     self._reduce_unit(b)
             while self.next_launch < len(self.order):
                 self._launch(self.order[self.next_launch])
-            for work in self.pending:
+            for work, bucket in self.pending:
                 work.wait()
+                if bucket is not None:
+                    self._keep_slice(bucket)
         self.pending, self.next_launch, self.sync = [], 0, False
         for b in self.buckets:
             b.ready = 0
@@ -339,8 +378,7 @@ class FlatBuffers:
             mine = self.local_slice(master, b)
             if b.sharded:
                 self.local_slice(self.shard_params, b).copy_(mine)
-                if b.full is not None:  # gathered (a test between steps): stay consistent
-                    self.release(b)
+                self.release(b)  # gathered (a test between steps): refilled when next used
             else:  # the rounded slices give the same bits and move fewer bytes in bf16/fp16
                 all_gather_into_tensor(self.param_buf[b.start:b.start + b.size],
                                        mine.to(self.dtype), group=self.group)

@@ -89,9 +89,27 @@ class FlatChunks:
         raise ValueError(f"{index.fqn}: no chunk at {index.offset} on this rank")
 
 
+def exact_alias(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor's values through a tensor whose storage is exactly them (no copy).
+
+    DCP's writer clones every tensor that is a view of a larger storage (our buffers' views)
+    and keeps each clone until the rank's file is complete: the whole state again, at once.
+    An alias of just the view's bytes is written as it is."""
+    raw = t.detach().reshape(-1).view(torch.uint8).numpy()
+    return torch.frombuffer(raw, dtype=t.dtype).view(t.shape)
+
+
 class FlatChunksSavePlanner(DefaultSavePlanner):
     """DCP's default save planner, which looks a FlatChunks box up by its offsets (DCP's own
-    lookup does so only for torch.Tensor subclasses)."""
+    lookup does so only for torch.Tensor subclasses) and hands the writer views of our buffers
+    without a copy (exact_alias)."""
+
+    def resolve_data(self, write_item):
+        t = super().resolve_data(write_item)
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.is_contiguous() and \
+                t.numel() and t.untyped_storage().nbytes() != t.nbytes:
+            return exact_alias(t)
+        return t
 
     def lookup_object(self, index: MetadataIndex):
         obj = self.state_dict.get(index.fqn)

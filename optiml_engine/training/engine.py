@@ -119,7 +119,13 @@ class Engine:
         if self.shard == "zero3":  # gathered per layer for forward and backward
             for layer in layers:
                 self.optimizer.buffers.hook_module(layer, list(layer.parameters()))
-        model.to(self.dtype)  # the optimizer took its fp32 masters and moved the parameters
+        # The optimizer took its fp32 masters and moved the parameters into its buffers in
+        # the recipe's dtype; floating buffers (none in OPT) follow. (model.to would reassign
+        # every parameter, which a zero3 one, empty between uses, refuses.)
+        for module in model.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point():
+                    setattr(module, name, buf.to(self.dtype))
         self.scaler = build_loss_scaler(precision)
         self.tp_reduce_max, self.tp_reduce_sum = tp_all_reduces(state.tp_group())
         self.loss_chunk_tokens = loss_chunk_tokens
