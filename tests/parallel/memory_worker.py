@@ -7,7 +7,6 @@ import gc
 import json
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from harness import SEED, make_steps, micro_batches, optim_config, parallel_config, precision_config
 
@@ -36,8 +35,8 @@ def worker(rank: int, modes: list[str], out_dir: str) -> None:
                         optim_config(), precision_config(), SEED)
         opt = optim_config()
 
-        def step(batch):
-            return engine.train_step(micro_batches(batch, grid.dp_rank, 2, 2), opt.lr,
+        def step(batch, engine=engine, dp_rank=grid.dp_rank, opt=opt):
+            return engine.train_step(micro_batches(batch, dp_rank, 2, 2), opt.lr,
                                      opt.clip_grad)
 
         step(steps[0])  # the first step makes what every step reuses
@@ -50,7 +49,7 @@ def worker(rank: int, modes: list[str], out_dir: str) -> None:
                                                                          **engine.meta()})
         results[mode] = {"step": during_step.peak, "save": during_save.peak, "kept": kept,
                          "loss": step(steps[2])["loss"]}
-        del engine
+        del engine, step
         state.destroy(keep_process_group=True)
         dist.barrier()
     Path(out_dir, f"mem{rank}.json").write_text(json.dumps(results))

@@ -111,8 +111,8 @@ def test_layout_matches_single_process(results, layout):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bf16_layouts_match_bf16_on_one_process(results):
-    """One precision policy whatever the process count: PP2 and DP2 (ZeRO-1, ZeRO-3) in bf16 give the
-    losses of one bf16 process within 1e-3 relative over 10 steps, and bf16 stays near fp32."""
+    """One precision policy whatever the process count: PP2 and DP2 (ZeRO-1, ZeRO-3) in bf16 give
+    the losses of one bf16 process within 1e-3 relative over 10 steps, and bf16 stays near fp32."""
     references, per_rank = results
     one = per_rank[0][layouts.layout_name(BF16[0])]["losses"]
     for layout in BF16[1:]:

@@ -1,5 +1,5 @@
-"""A rank's memory under data-parallel sharding, measured on 2 real gloo ranks, against figures stated here
-in terms of W, the model's fp32 weight bytes (4 bytes per parameter of the plain model).
+"""A rank's memory under data-parallel sharding, measured on 2 real gloo ranks, against figures
+stated here in terms of W, the model's fp32 weight bytes (4 bytes per parameter of the plain model).
 
 ZeRO-1 and ZeRO-3 make no full-size temporary: a ZeRO-1 step (after the first) allocates under
 W / 2 (the old ZeRO-1 flattened every gradient into a new fp32 buffer: W, plus W of fresh
