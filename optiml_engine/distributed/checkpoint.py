@@ -16,8 +16,13 @@ It is written under a temporary name and renamed when complete, so a run killed 
 keeps its previous checkpoint; a step already on disk is moved aside until its replacement is in
 place. meta.json, written last, holds a SHA-256 of every other file, checked on load; a
 checkpoint whose tensors are not all finite is never written. This module knows which tensors
-are layout slices (the `tp_shard_dim` attribute of tensor-parallel layers) but nothing about
-models or optimizers.
+are layout slices (the `tp_shard_dim` attribute of tensor-parallel layers, the `zero3_shard` one
+of data-parallel-sharded weights) but nothing about models or optimizers.
+
+Sharded state (ZeRO-1/3 slices of weights, masters and moments) is written and read as flat
+runs of each tensor (distributed/flat_chunks.py: DCP boxes under the same names and full
+shapes), without all-gathering or copying it; the format is unchanged (DCP reads any chunking),
+so checkpoints of every version load into every layout and sharding.
 
 Formats read: FORMAT, "optiml-parallel-1" (the parallel trainer's) and the unversioned
 single-process one; their tensor names are the same (model.*, optim.state.<name>.exp_avg...).

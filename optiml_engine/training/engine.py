@@ -6,9 +6,11 @@ rank's part is then ever allocated), keeps this rank's part (tensor-parallel sli
 stage), and runs steps:
 
   micro-batches -> (1F1B over stages) forward + backward of sum(loss) * scale / target_tokens
-  -> data-parallel gradient sum (bucketed all-reduce overlapped with backward, or ZeRO-1's
-  reduce-scatter) -> sequence-parallel and tied-embedding gradient sums -> unscale, skip on
-  inf/NaN, global-norm clip, AdamW on fp32 master weights -> loss reported on every rank.
+  (with parallel.shard=zero3, each layer's weights gathered for its forward and backward)
+  -> tied-embedding sum -> data-parallel gradient sum from persistent buckets, overlapped with
+  backward (all-reduce, or reduce-scatter into this rank's slice: parallel.shard, see
+  distributed/data_parallel.py) -> sequence-parallel sum -> unscale, skip on inf/NaN,
+  global-norm clip, AdamW on fp32 master weights -> loss reported on every rank.
 
 Precision is the recipe's alone, never the process count's: fp32; bf16 weights with fp32
 masters; fp16 with fp32 masters and the dynamic loss scaler. A step whose gradients are not
