@@ -24,6 +24,8 @@ SEQ = 16
 
 
 def worker(rank: int, modes: list[str], out_dir: str) -> None:
+    """modes: parallel.shard values, optionally "+reduce_scatter" (gloo's reduce-scatter
+    instead of its in-place all-reduce)."""
     steps = make_steps(3, 4, seq=SEQ, vocab=CONFIG["vocab_size"])
     results = {}
     for mode in ["none", *modes]:  # a first run pays the process's one-time allocations
@@ -31,8 +33,11 @@ def worker(rank: int, modes: list[str], out_dir: str) -> None:
         grid = state.initialize(1, 1, world_size=2)
         gc.collect()
         before = heap_in_use()
-        engine = Engine(meta_model(ModelConfig(**CONFIG), SEED), parallel_config(shard=mode),
+        shard, _, collective = mode.partition("+")
+        engine = Engine(meta_model(ModelConfig(**CONFIG), SEED), parallel_config(shard=shard),
                         optim_config(), precision_config(), SEED)
+        if collective == "reduce_scatter":  # what NCCL runs (gloo sums in place by default)
+            engine.optimizer.buffers.in_place_sum = False
         opt = optim_config()
 
         def step(batch, engine=engine, dp_rank=grid.dp_rank, opt=opt):

@@ -3,7 +3,7 @@ stated here in terms of W, the model's fp32 weight bytes (4 bytes per parameter 
 
 ZeRO-1 and ZeRO-3 make no full-size temporary: a ZeRO-1 step (after the first) allocates under
 W / 2 (the old ZeRO-1 flattened every gradient into a new fp32 buffer: W, plus W of fresh
-`.grad`s); a ZeRO-3 step under 3 layers' weights + W / 16 (one layer gathered, its gradients, the
+`.grad`s); a ZeRO-3 step under 3 layers' weights + W / 8 (one layer gathered, its gradients, the
 activations and kernel scratch, which here are under a layer's size),
 and a checkpoint save under W / 4 (what is left is the finiteness check of one tensor at a time;
 it was 3 W all-gathered, then 2 W cloned, before writing).
@@ -26,7 +26,7 @@ from harness import spawn  # noqa: E402
 from optiml_engine.config import ModelConfig  # noqa: E402
 from optiml_engine.model import OPTForCausalLM  # noqa: E402
 
-MODES = ["zero1", "zero3", "none"]
+MODES = ["zero1", "zero3", "zero1+reduce_scatter", "zero3+reduce_scatter", "none"]
 LAYERS = memory_worker.CONFIG["num_layers"]
 
 
@@ -52,7 +52,7 @@ def weight_bytes() -> tuple[int, int]:
 def test_sharded_step_and_save_make_no_full_size_temporary(measured, mode):
     w, layers = weight_bytes()
     # ZeRO-3 gathers one layer at a time and holds its gradients until they are reduced.
-    step_figure = w / 2 if mode == "zero1" else 3 * layers / LAYERS + w / 16
+    step_figure = w / 2 if mode == "zero1" else 3 * layers / LAYERS + w / 8
     for rank in measured:
         assert rank[mode]["step"] < step_figure, (mode, rank[mode]["step"], step_figure)
         assert rank[mode]["save"] < w / 4, (mode, rank[mode]["save"], w)
@@ -72,3 +72,14 @@ def test_what_a_rank_keeps_between_steps(measured):
     for rank in measured:
         for mode, figure in want.items():
             assert abs(rank[mode]["kept"] - figure) < w / 16, (mode, rank[mode]["kept"], figure)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_reduce_scatter_path_trains_alike(measured):
+    """The reduce-scatter that NCCL runs (taken here on gloo) gives the losses of gloo's default
+    in-place all-reduce and of no sharding."""
+    for rank in measured:
+        for mode in ("zero1", "zero3"):
+            got = rank[f"{mode}+reduce_scatter"]["loss"]
+            assert abs(got - rank["none"]["loss"]) < 1e-5 * rank["none"]["loss"], mode
