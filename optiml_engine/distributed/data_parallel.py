@@ -76,6 +76,7 @@ class FlatBuffers:
         self.shards = self.dp if self.sharding else 1
         self.rank = group_rank(group) if self.sharding else 0
         self.sync = False
+        self.pinned = False  # inside gathered(): zero3 parameters stay whole
         # gloo's reduce_scatter_tensor copies its input 2.7 times over (measured, torch 2.13):
         # with every bucket in flight, a full-size temporary. On gloo a bucket is summed in
         # place by all-reduce and the rank keeps its slice (twice the bytes on the wire, no
@@ -225,20 +226,23 @@ class FlatBuffers:
         """Free a zero3 bucket's parameters. Their views (and what autograd saved of them)
         keep their shapes and point at an empty storage until the next gather refills it in
         place (FSDP's resize-to-zero), so a saved `weight.t()` sees the values again."""
-        if b.gathered:
+        if b.gathered and not self.pinned:
             b.full.untyped_storage().resize_(0)
             b.gathered = False
 
     @contextlib.contextmanager
     def gathered(self):
-        """Every zero3 parameter whole for the duration (FSDP's summon_full_params: for tests,
-        tools and exports; every data-parallel rank must enter it)."""
+        """Every zero3 parameter whole for the duration, and the per-layer gathers off (FSDP's
+        summon_full_params): every data-parallel rank enters it, then any subset of them may
+        run forwards (the trainer's evaluation runs on replica 0 only)."""
         sharded = [b for b in self.buckets if b.sharded]
         for b in sharded:
             self.gather(b)
+        self.pinned = True
         try:
             yield
         finally:
+            self.pinned = False
             for b in sharded:
                 self.release(b)
 

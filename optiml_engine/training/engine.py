@@ -154,6 +154,12 @@ class Engine:
                            self.loss_chunk_tokens, getattr(emb, "vocab_start", 0),
                            self.tp_reduce_max, self.tp_reduce_sum)
 
+    def full_weights(self):
+        """Context: every weight of this rank's part whole (ZeRO-3 layers gathered, their
+        per-layer gathers off), so a subset of data-parallel ranks may run forwards; every
+        data-parallel rank must enter it. A no-op without ZeRO-3."""
+        return self.optimizer.buffers.gathered()
+
     def num_parameters(self) -> int:
         """Parameters of the whole model (every element once), whatever this rank holds."""
         counted = [shape.numel() for shape, counts in

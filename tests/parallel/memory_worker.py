@@ -7,6 +7,7 @@ import gc
 import json
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from harness import SEED, make_steps, micro_batches, optim_config, parallel_config, precision_config
 
@@ -54,6 +55,11 @@ def worker(rank: int, modes: list[str], out_dir: str) -> None:
                                                                          **engine.meta()})
         results[mode] = {"step": during_step.peak, "save": during_save.peak, "kept": kept,
                          "loss": step(steps[2])["loss"]}
+        with engine.full_weights():  # only rank 0 runs a forward, as in-training evaluation
+            if rank == 0:
+                with torch.no_grad():
+                    batch = micro_batches(steps[0], 0, 2, 2)[0]
+                    results[mode]["rank0_forward"] = float(engine.stage_forward(batch, None))
         del engine, step
         state.destroy(keep_process_group=True)
         dist.barrier()

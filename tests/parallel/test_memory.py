@@ -83,3 +83,15 @@ def test_reduce_scatter_path_trains_alike(measured):
         for mode in ("zero1", "zero3"):
             got = rank[f"{mode}+reduce_scatter"]["loss"]
             assert abs(got - rank["none"]["loss"]) < 1e-5 * rank["none"]["loss"], mode
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_one_rank_alone_runs_a_forward_inside_full_weights(measured):
+    """Inside engine.full_weights() rank 0 runs a forward that the other rank does not (the
+    trainer's evaluation on replica 0): no collective hangs, and ZeRO-3 computes what the
+    unsharded model does."""
+    rank0 = measured[0]
+    assert abs(rank0["zero3"]["rank0_forward"] - rank0["none"]["rank0_forward"]) < \
+        1e-5 * rank0["none"]["rank0_forward"]
+    assert "rank0_forward" not in measured[1]["zero3"]
