@@ -194,14 +194,24 @@ class ParallelConfig:
     virtual_stages: int = doc(
         "model chunks per pipeline rank (interleaved 1F1B when > 1)", 1, min=1
     )
-    zero1: bool = doc("shard fp32 master weights and Adam moments over data-parallel ranks", False)
+    shard: str = doc(
+        "what is sharded over data-parallel ranks: none; zero1 (fp32 masters, Adam moments and "
+        "reduced gradients); zero3 (also the decoder layers' weights, gathered per layer for "
+        "forward and backward; the paper's FSDP, §3.3)", "none",
+        choices=["none", "zero1", "zero3"])
     recompute: str = doc("activation recomputation", "none", choices=["none", "full"])
     backend: str = doc("torch.distributed backend", "auto", choices=["auto", "nccl", "gloo"])
     timeout_minutes: float = doc(
         "how long a collective may wait for the other ranks before the job fails (torch's "
         "default: 10; raise it when a first checkpoint load or save on a shared filesystem "
         "takes longer, docs/launch.md)", 10.0, min=0.1, max=24 * 60)
-    bucket_mb: float = doc("gradient all-reduce bucket size in MB", 25.0, min=0.0)
+    bucket_mb: float = doc("gradient reduction bucket size in MB (of fp32 elements)", 25.0,
+                           min=0.0)
+
+    @property
+    def zero1(self) -> bool:
+        """Whether the optimizer state is sharded (zero1 or zero3); read by the planner."""
+        return self.shard != "none"
 
 
 @dataclass
@@ -391,7 +401,16 @@ def _check_field(f: dataclasses.Field, value, key: str, where: str):
             )
 
 
+# Keys that were renamed: refused with the new spelling rather than a guess.
+RENAMED = {"parallel.zero1": ("was replaced by parallel.shard",
+                              "write parallel.shard: zero1 (for true) or none (for false); "
+                              "zero3 also shards the weights")}
+
+
 def _unknown_key(key: str, known: list[str], where: str, prefix: str) -> OptimlError:
+    if f"{prefix}{key}" in RENAMED:
+        what, fix = RENAMED[f"{prefix}{key}"]
+        return OptimlError(f"{where}: {prefix}{key}", what, fix)
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known keys: {', '.join(known)}"
     return OptimlError(f"{where}: {prefix}{key}", "unknown key", hint)

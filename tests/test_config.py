@@ -207,3 +207,19 @@ def test_cli_bad_recipe_inputs_exit_2_with_one_line(tmp_path, content, suffix):
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [f"optiml: error: {path}{suffix}"]
+
+
+def test_the_old_zero1_key_is_refused_with_its_replacement(tmp_path):
+    """parallel.zero1 became parallel.shard (none | zero1 | zero3): refused with the new
+    spelling, in a recipe file and on the command line, never silently ignored."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("parallel:\n  zero1: true\n")
+    for path, overrides in ((recipe, []), (None, ["parallel.zero1=true"])):
+        with pytest.raises(OptimlError) as err:
+            load_recipe(path, overrides)
+        assert "parallel.zero1" in str(err.value)
+        assert "was replaced by parallel.shard" in str(err.value)
+        assert "parallel.shard: zero1" in str(err.value)
+    assert load_recipe(write(tmp_path, GOOD), ["parallel.shard=zero3"]).parallel.shard == "zero3"
+    with pytest.raises(OptimlError, match="parallel.shard"):
+        load_recipe(None, ["parallel.shard=zero2"])

@@ -1,20 +1,23 @@
-"""Tokens per second and per-rank peak memory of each parallel layout, against one process.
+"""Tokens per second and per-rank memory of each parallel layout, against one process.
 
     python tools/bench_parallel.py                       # CPU (gloo), the demo model
     python tools/bench_parallel.py --layouts 1x1x1 2x1x1 --hidden 256 --layers 8
+    python tools/bench_parallel.py --layouts 1x1x2 --shard zero3 --save   # + a checkpoint save
 
 A layout is TPxPPxDP. Each runs on TP*PP*DP fresh processes (gloo on CPU; NCCL with one GPU
 per rank when a CUDA device per rank exists) with synthetic packed batches of the same global
-batch, so every layout processes the same tokens per step. Peak memory is the process's peak
-resident set on CPU (torch's runtime included) and torch.cuda.max_memory_allocated on GPUs.
+batch, so every layout processes the same tokens per step. Memory per rank, in MB: what the
+rank keeps after the warm-up steps (weights, gradients, optimizer state), the extra it holds at
+the peak of a timed step, and with --save of a checkpoint save; on CPU measured as the C heap in
+use (benchmarks/tensor_memory.py), on GPUs with torch.cuda's allocator counters.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
 import socket
 import sys
 import tempfile
@@ -27,12 +30,14 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from optiml_engine.benchmarks.tensor_memory import PeakMemory, heap_in_use  # noqa: E402
 from optiml_engine.config import (  # noqa: E402
     ModelConfig,
     OptimConfig,
     ParallelConfig,
     PrecisionConfig,
 )
+from optiml_engine.distributed import checkpoint as ckpt  # noqa: E402
 from optiml_engine.distributed import state  # noqa: E402
 from optiml_engine.model import OPTForCausalLM  # noqa: E402
 from optiml_engine.training.engine import Engine  # noqa: E402
@@ -65,28 +70,49 @@ def worker(rank: int, world: int, port: int, args, layout, out: str) -> None:
     cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
                       num_heads=args.heads, max_position_embeddings=args.seq, dropout=0.0)
     device = torch.device("cuda" if cuda else "cpu")
+    before = torch.cuda.memory_allocated() if cuda else heap_in_use()
     torch.manual_seed(0)
     model = OPTForCausalLM(cfg).to(device)
-    par = ParallelConfig(tp=tp, pp=pp, sp=args.sp and tp > 1, zero1=args.zero1 and dp > 1)
+    par = ParallelConfig(tp=tp, pp=pp, sp=args.sp and tp > 1, shard=args.shard)
     engine = Engine(model, par, OptimConfig(lr=1e-4), PrecisionConfig(dtype=args.dtype))
     micro = batches(args.global_batch, args.seq, args.vocab, state.dp_rank(), dp,
                     args.micro_batch, device)
+    mb = {}
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
             if cuda:
                 torch.cuda.synchronize()
             if world > 1:
                 dist.barrier()
+            mb["kept"] = ((torch.cuda.memory_allocated() if cuda else heap_in_use()) - before)
             start = time.perf_counter()
-        engine.train_step(micro, 1e-4, 1.0)
+        if i == args.warmup and not cuda:  # the peak of one timed step (sampling costs time)
+            with PeakMemory() as mem:
+                engine.train_step(micro, 1e-4, 1.0)
+            mb["step"] = mem.peak
+        else:
+            engine.train_step(micro, 1e-4, 1.0)
     if cuda:
         torch.cuda.synchronize()
+        mb["step"] = torch.cuda.max_memory_allocated() - before - mb["kept"]
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if cuda else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if args.save:
+        with tempfile.TemporaryDirectory() as where:
+            where = [where] if state.global_rank() == 0 else [None]
+            if world > 1:
+                dist.broadcast_object_list(where)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+                at = torch.cuda.memory_allocated()
+            with PeakMemory() if not cuda else contextlib.nullcontext() as mem:
+                ckpt.save(Path(where[0]) / "ckpt", engine.tensors(), {"step": 1,
+                                                                   **engine.meta()})
+            mb["save"] = torch.cuda.max_memory_allocated() - at if cuda else mem.peak
+            if world > 1:
+                dist.barrier()  # rank 0's directory goes when every rank is done with it
     tokens = args.global_batch * args.seq * args.steps
-    Path(out, f"{rank}.json").write_text(json.dumps({"tok_s": tokens / seconds,
-                                                     "peak_mb": peak / 2**20}))
+    Path(out, f"{rank}.json").write_text(json.dumps(
+        {"tok_s": tokens / seconds, **{k: v / 2**20 for k, v in mb.items()}}))
     state.destroy()
 
 
@@ -98,7 +124,8 @@ def run_layout(args, layout) -> dict:
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(worker, args=(world, port, args, layout, out), nprocs=world, join=True)
         ranks = [json.loads(Path(out, f"{r}.json").read_text()) for r in range(world)]
-    return {"tok_s": min(r["tok_s"] for r in ranks), "peak_mb": [r["peak_mb"] for r in ranks]}
+    return {"tok_s": min(r["tok_s"] for r in ranks),
+            **{k: [r[k] for r in ranks] for k in ("kept", "step", "save") if k in ranks[0]}}
 
 
 def main(argv=None) -> int:
@@ -118,21 +145,26 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--no-sp", dest="sp", action="store_false", help="sequence parallel off")
-    p.add_argument("--zero1", action="store_true", help="ZeRO-1 where DP > 1")
+    p.add_argument("--shard", choices=["none", "zero1", "zero3"], default="none",
+                   help="parallel.shard: what is sharded over data-parallel ranks")
+    p.add_argument("--save", action="store_true", help="also measure a checkpoint save")
     args = p.parse_args(argv)
     print(f"model {args.hidden}d x {args.layers} layers, vocab {args.vocab}, seq {args.seq}, "
           f"{args.global_batch} samples/step in micro-batches of {args.micro_batch}, "
           f"{args.dtype}, {args.device}, {args.threads} thread(s)/rank, "
-          f"sp={'on' if args.sp else 'off'}, zero1={'on' if args.zero1 else 'off'}")
-    print(f"{'layout TPxPPxDP':<16}{'tokens/s':>10}{'vs 1 proc':>11}  peak MB per rank")
+          f"sp={'on' if args.sp else 'off'}, shard={args.shard}")
+    print(f"{'layout TPxPPxDP':<16}{'tokens/s':>10}{'vs 1 proc':>11}  MB per rank: kept, "
+          f"+step peak{', +save peak' if args.save else ''}")
     base = None
     for name in args.layouts:
         layout = tuple(int(x) for x in name.split("x"))
         res = run_layout(args, layout)
         base = base or (res["tok_s"] if layout == (1, 1, 1) else None)
         ratio = f"{res['tok_s'] / base:.2f}x" if base else "-"
-        peaks = " ".join(f"{m:.0f}" for m in res["peak_mb"])
-        print(f"{name:<16}{res['tok_s']:>10.0f}{ratio:>11}  {peaks}", flush=True)
+        mem = " | ".join(" / ".join(f"{v:.1f}" for v in vals)
+                         for vals in zip(*(res[k] for k in ("kept", "step", "save") if k in res),
+                                         strict=True))
+        print(f"{name:<16}{res['tok_s']:>10.0f}{ratio:>11}  {mem}", flush=True)
     return 0
 
 

@@ -72,7 +72,7 @@ GPU_TRAIN = dict(recipe=ROOT / "recipes/opt-iml-1.3b.yaml", steps=20, warmup=2, 
                  seq=2048, hf_micro_batch=8, overrides=[
                      "model.hf_path=null", "data.tokenizer=byte", "data.seq_length=2048",
                      "precision.dtype=bf16", "parallel.recompute=none", "parallel.sp=false",
-                     "parallel.zero1=false", "train.micro_batch_size=4",
+                     "parallel.shard=none", "train.micro_batch_size=4",
                      "train.global_batch_size=8", "checkpoint.load=null"])
 DRY_TRAIN = dict(recipe=None, steps=2, warmup=1, examples=200, seq=256, hf_micro_batch=8,
                  overrides=[

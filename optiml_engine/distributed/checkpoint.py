@@ -16,8 +16,13 @@ It is written under a temporary name and renamed when complete, so a run killed 
 keeps its previous checkpoint; a step already on disk is moved aside until its replacement is in
 place. meta.json, written last, holds a SHA-256 of every other file, checked on load; a
 checkpoint whose tensors are not all finite is never written. This module knows which tensors
-are layout slices (the `tp_shard_dim` attribute of tensor-parallel layers) but nothing about
-models or optimizers.
+are layout slices (the `tp_shard_dim` attribute of tensor-parallel layers, the `zero3_shard` one
+of data-parallel-sharded weights) but nothing about models or optimizers.
+
+Sharded state (ZeRO-1/3 slices of weights, masters and moments) is written and read as flat
+runs of each tensor (distributed/flat_chunks.py: DCP boxes under the same names and full
+shapes), without all-gathering or copying it; the format is unchanged (DCP reads any chunking),
+so checkpoints of every version load into every layout and sharding.
 
 Formats read: FORMAT, "optiml-parallel-1" (the parallel trainer's) and the unversioned
 single-process one; their tensor names are the same (model.*, optim.state.<name>.exp_avg...).
@@ -38,6 +43,11 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
 from optiml_engine.distributed import integrity, state
+from optiml_engine.distributed.flat_chunks import (
+    FlatChunks,
+    FlatChunksLoadPlanner,
+    FlatChunksSavePlanner,
+)
 from optiml_engine.distributed.random import get_rng_tracker
 from optiml_engine.errors import Diverged, OptimlError
 
@@ -82,9 +92,42 @@ def like_param(t: torch.Tensor, param):
     return as_global(t, getattr(param, "tp_shard_dim", None))
 
 
+def tp_placement(param, shape) -> tuple[torch.Size, tuple[int, ...]]:
+    """The full tensor's shape and this rank's offset in it, for a tensor shaped like this
+    rank's part (`shape`) of `param`."""
+    dim, full = getattr(param, "tp_shard_dim", None), list(shape)
+    offset = [0] * len(full)
+    if dim is not None and state.tp_size() > 1:
+        offset[dim] = state.tp_rank() * full[dim]
+        full[dim] *= state.tp_size()
+    return torch.Size(full), tuple(offset)
+
+
+def chunks_like_param(runs, shape, param) -> FlatChunks:
+    """Flat runs of this rank's part (shaped `shape`) of `param` under its full name and shape."""
+    return FlatChunks(runs, shape, *tp_placement(param, shape))
+
+
 def model_state(model) -> dict:
-    """This rank's weights under their full-model names, as DCP saves or loads them."""
-    return {n: like_param(p.data, p) for n, p in model.named_parameters()}
+    """This rank's weights under their full-model names, as DCP saves or loads them (a ZeRO-3
+    parameter as the slice this rank keeps: `zero3_shard`, set by distributed/data_parallel)."""
+    out = {}
+    for n, p in model.named_parameters():
+        shard = getattr(p, "zero3_shard", None)
+        if shard is None:
+            out[n] = like_param(p.data, p)
+        else:
+            buffers, b, k = shard
+            out[n] = chunks_like_param(buffers.shard_runs(b, k, buffers.shard_params),
+                                       b.shapes[k], p)
+    return out
+
+
+def _checkable(tensors: dict) -> dict:
+    """`tensors` with each FlatChunks as a dict of its boxes (for the finiteness check)."""
+    return {k: _checkable(v) if isinstance(v, dict) else
+            dict(enumerate(v.tensors())) if isinstance(v, FlatChunks) else v
+            for k, v in tensors.items()}
 
 
 # -- where checkpoints are -----------------------------------------------------------------------
@@ -244,7 +287,7 @@ def save(path: str | Path, tensors: dict, meta: dict, *, kind: str = "train",
     With keep_last, rotate the checkpoints of this run (`meta["run"]`) in path's directory:
     never the one just written, never another run's."""
     path = Path(path)
-    bad = integrity.non_finite(tensors, as_local)
+    bad = integrity.non_finite(_checkable(tensors), as_local)
     if bad is not None:
         raise Diverged(f"checkpoint {path}", f"{bad} holds inf/NaN: not saved",
                        "the run diverged; lower optim.lr or resume an earlier checkpoint")
@@ -254,7 +297,8 @@ def save(path: str | Path, tensors: dict, meta: dict, *, kind: str = "train",
         shutil.rmtree(tmp)
     _barrier()
     with _quiet_single_process():
-        dcp.save(tensors, checkpoint_id=str(tmp), process_group=state.world_group())
+        dcp.save(tensors, checkpoint_id=str(tmp), process_group=state.world_group(),
+                 planner=FlatChunksSavePlanner())
     if with_rng:
         _rng_file(tmp, rank).parent.mkdir(exist_ok=True)
         torch.save(rng_state(), _rng_file(tmp, rank))
@@ -321,7 +365,8 @@ def load(path: str | Path, tensors: dict, verify: bool = True) -> dict:
                           "load another checkpoint (or pass verification off to force)")
     try:
         with _quiet_single_process(), _no_root_warnings():
-            dcp.load(tensors, checkpoint_id=str(path), process_group=state.world_group())
+            dcp.load(tensors, checkpoint_id=str(path), process_group=state.world_group(),
+                     planner=FlatChunksLoadPlanner())
     except (Exception, CheckpointException) as e:  # DCP wraps every reader failure alike
         raise OptimlError(f"checkpoint {path}", f"cannot be loaded ({_first_line(e)})",
                           "check that it was saved for this model (model_config in meta.json), "
@@ -334,10 +379,16 @@ def load_weights(model, path, verify: bool = True) -> dict:
     part of `model`; returns the checkpoint's meta."""
     tensors = {"model": model_state(model)}
     meta = load(path, tensors, verify)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.copy_(as_local(tensors["model"][n]))
+    copy_loaded_weights(model, tensors["model"])
     return meta
+
+
+@torch.no_grad()
+def copy_loaded_weights(model, loaded: dict) -> None:
+    """Parameters <- what `load` filled in (FlatChunks were filled in place already)."""
+    for n, p in model.named_parameters():
+        if not isinstance(loaded[n], FlatChunks):
+            p.copy_(as_local(loaded[n]))
 
 
 def save_weights(path, model, meta: dict | None = None, recipe_yaml: str | None = None) -> Path:

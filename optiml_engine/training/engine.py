@@ -6,9 +6,11 @@ rank's part is then ever allocated), keeps this rank's part (tensor-parallel sli
 stage), and runs steps:
 
   micro-batches -> (1F1B over stages) forward + backward of sum(loss) * scale / target_tokens
-  -> data-parallel gradient sum (bucketed all-reduce overlapped with backward, or ZeRO-1's
-  reduce-scatter) -> sequence-parallel and tied-embedding gradient sums -> unscale, skip on
-  inf/NaN, global-norm clip, AdamW on fp32 master weights -> loss reported on every rank.
+  (with parallel.shard=zero3, each layer's weights gathered for its forward and backward)
+  -> tied-embedding sum -> data-parallel gradient sum from persistent buckets, overlapped with
+  backward (all-reduce, or reduce-scatter into this rank's slice: parallel.shard, see
+  distributed/data_parallel.py) -> sequence-parallel sum -> unscale, skip on inf/NaN,
+  global-norm clip, AdamW on fp32 master weights -> loss reported on every rank.
 
 Precision is the recipe's alone, never the process count's: fp32; bf16 weights with fp32
 masters; fp16 with fp32 masters and the dynamic loss scaler. A step whose gradients are not
@@ -32,11 +34,9 @@ import torch.distributed as dist
 
 from optiml_engine.distributed import checkpoint as ckpt
 from optiml_engine.distributed import mappings, state
-from optiml_engine.distributed.data_parallel import GradBucketer
 from optiml_engine.distributed.interleaved import run_interleaved
 from optiml_engine.distributed.pipeline import one_f_one_b
 from optiml_engine.distributed.random import checkpoint, model_parallel_seed
-from optiml_engine.distributed.tensor_parallel import sync_sequence_parallel_grads
 from optiml_engine.errors import OptimlError
 from optiml_engine.kernels.linear_cross_entropy import DEFAULT_CHUNK
 from optiml_engine.kernels.lm_loss import lm_loss_sum
@@ -106,16 +106,28 @@ class Engine:
             self.first or self.last) else None
         counts = [counts_once_over_tp(p, g.tp_rank) and p is not tied for p in params]
         self.counts = counts
-        zero1 = parallel.zero1 and g.dp > 1
+        self.tied_copy = tied  # the last stage's copy: the first stage saves its state
+        self.shard = parallel.shard if g.dp > 1 else "none"
+        self.dtype = DTYPES[precision.dtype]
+        layers = [layer for chunk in self.chunks for layer in chunk]
         self.optimizer = FlatAdamW(
             params, lr=optim.lr, betas=optim.betas, eps=optim.eps,
-            weight_decay=optim.weight_decay, shard_group=state.dp_group() if zero1 else None,
-            count_weights=counts, count_here=zero1 or g.dp_rank == 0,
-            world_group=state.world_group())
-        self.dtype = DTYPES[precision.dtype]
-        model.to(self.dtype)  # after the optimizer took its fp32 master copy
-        self.bucketer = None if zero1 else GradBucketer(params, state.dp_group(),
-                                                        parallel.bucket_mb)
+            weight_decay=optim.weight_decay, shard_group=state.dp_group(),
+            count_weights=counts, count_here=self.shard != "none" or g.dp_rank == 0,
+            world_group=state.world_group(), shard=self.shard, dtype=self.dtype,
+            bucket_mb=parallel.bucket_mb,
+            late=[self.tied_weight] if self.tied_weight is not None else [],
+            units=[list(layer.parameters()) for layer in layers])
+        if self.shard == "zero3":  # gathered per layer for forward and backward
+            for layer in layers:
+                self.optimizer.buffers.hook_module(layer, list(layer.parameters()))
+        # The optimizer took its fp32 masters and moved the parameters into its buffers in
+        # the recipe's dtype; floating buffers (none in OPT) follow. (model.to would reassign
+        # every parameter, which a zero3 one, empty between uses, refuses.)
+        for module in model.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point():
+                    setattr(module, name, buf.to(self.dtype))
         self.scaler = build_loss_scaler(precision)
         self.tp_reduce_max, self.tp_reduce_sum = tp_all_reduces(state.tp_group())
         self.loss_chunk_tokens = loss_chunk_tokens
@@ -142,10 +154,16 @@ class Engine:
                            self.loss_chunk_tokens, getattr(emb, "vocab_start", 0),
                            self.tp_reduce_max, self.tp_reduce_sum)
 
+    def full_weights(self):
+        """Context: every weight of this rank's part whole (ZeRO-3 layers gathered, their
+        per-layer gathers off), so a subset of data-parallel ranks may run forwards; every
+        data-parallel rank must enter it. A no-op without ZeRO-3."""
+        return self.optimizer.buffers.gathered()
+
     def num_parameters(self) -> int:
         """Parameters of the whole model (every element once), whatever this rank holds."""
-        counted = [p.numel() for p, counts in zip(self.optimizer.params, self.counts, strict=True)
-                   if counts]
+        counted = [shape.numel() for shape, counts in
+                   zip(self.optimizer.shapes, self.counts, strict=True) if counts]
         total = torch.tensor([float(sum(counted))], dtype=torch.float64, device=self.device)
         if state.mp_group() is not None:
             dist.all_reduce(total, group=state.mp_group())
@@ -174,8 +192,8 @@ class Engine:
             return self.stage_forward(batches[i], x)
 
         def backward_step(i, x, y, dy, final=None, chunk=None):
-            if self.bucketer is not None and (i == last_micro if final is None else final):
-                self.bucketer.sync = True
+            if i == last_micro if final is None else final:
+                self.optimizer.buffers.sync = True
             if self.last and (chunk is None or chunk == self.virtual - 1):
                 losses.append(y.detach())
                 torch.autograd.backward(y * weight)
@@ -207,32 +225,52 @@ class Engine:
         out = self.optimizer.step(lr, max_norm, self.scaler, skip=not math.isfinite(loss))
         return {"loss": loss, "target_tokens": n_tokens, **out}
 
-    def sync_grads(self) -> None:
-        """Finish the data-parallel sum, then the tensor-parallel (SP) and tied-weight sums."""
-        if self.bucketer is not None:
-            self.bucketer.finish()
-        if self.sp:
-            sync_sequence_parallel_grads(self.model, state.tp_group())
+    def sync_grads(self) -> torch.Tensor:
+        """The tied-weight sum (before the data-parallel one: the stages' layouts differ), the
+        data-parallel sum, then the sequence-parallel sum over the tensor-parallel group, done on
+        the reduced local space (the same layout on every tensor-parallel rank)."""
         if self.tied_weight is not None and self.tied_weight.grad is not None:
             _all_reduce(self.tied_weight.grad, state.embed_group())
+        grads = self.optimizer.buffers.finish()
+        if self.sp:
+            opt = self.optimizer
+            ranges = [(at, at + hi - lo) for i, lo, hi, at in opt.pieces
+                      if getattr(opt.params[i], "sequence_parallel", False)]
+            if ranges:
+                flat = torch.cat([grads[a:b] for a, b in ranges])
+                _all_reduce(flat, state.tp_group())
+                at = 0
+                for a, b in ranges:
+                    grads[a:b].copy_(flat[at:at + b - a])
+                    at += b - a
+        return grads
 
     # -- checkpoint state (layout independent: see distributed/checkpoint.py) -------------------
 
-    def tensors(self, with_optimizer: bool = True, with_master: bool | None = None) -> dict:
-        """The nested state DCP saves, or loads in place (fresh tensors for the optimizer)."""
-        named = list(self.model.named_parameters())
+    def tensors(self, with_optimizer: bool = True, with_master: bool | None = None,
+                saving: bool = True) -> dict:
+        """The nested state DCP saves, or loads in place: the weights, and this rank's slices
+        of the optimizer state as views of the local space (distributed/flat_chunks.py: no
+        gather, no copy). Saving, the last stage leaves the tied embedding's state to the first
+        (they hold the same values in different layouts)."""
         out = {"model": ckpt.model_state(self.model)}
         if not with_optimizer:
             return out
-        per_param = self.optimizer.param_states()
-        out["optim"] = {"state": {
-            n: {k: ckpt.like_param(s[k].clone(), p) for k in ("exp_avg", "exp_avg_sq")}
-            for (n, p), s in zip(named, per_param, strict=True)}}
         if with_master is None:
             with_master = self.dtype != torch.float32
+        opt = self.optimizer
+        index = {id(p): i for i, p in enumerate(opt.params)}
+        named = [(n, p) for n, p in self.model.named_parameters()
+                 if not (saving and p is self.tied_copy)]
+
+        def chunks(key, p):
+            i = index[id(p)]
+            return ckpt.chunks_like_param(opt.state_runs(key, i), opt.shapes[i], p)
+
+        out["optim"] = {"state": {n: {k: chunks(k, p) for k in ("exp_avg", "exp_avg_sq")}
+                                  for n, p in named}}
         if with_master:
-            out["master"] = {n: ckpt.like_param(s["master"].clone(), p)
-                             for (n, p), s in zip(named, per_param, strict=True)}
+            out["master"] = {n: chunks("master", p) for n, p in named}
         return out
 
     def meta(self) -> dict:
@@ -242,27 +280,23 @@ class Engine:
 
     def load(self, path, verify: bool = True) -> dict:
         """Weights, and the optimizer state when the checkpoint has it (any format, any layout),
-        into this rank's part; returns the checkpoint's meta."""
+        straight into this rank's part; returns the checkpoint's meta."""
         meta = ckpt.read_meta(path)
         with_optim = meta.get("kind") == "train"
-        sd = self.tensors(with_optim, with_master=bool(meta.get("has_master")))
+        sd = self.tensors(with_optim, with_master=bool(meta.get("has_master")), saving=False)
         ckpt.load(path, sd, verify)
-        named = list(self.model.named_parameters())
-        with torch.no_grad():
-            for n, p in named:
-                p.copy_(ckpt.as_local(sd["model"][n]))
+        ckpt.copy_loaded_weights(self.model, sd["model"])
+        opt = self.optimizer
         if not with_optim:  # a weights-only checkpoint (convert hf2engine, initial): fresh moments
-            self.optimizer.load_param_states(
-                [{"master": p.detach().float(),
-                  "exp_avg": torch.zeros_like(p, dtype=torch.float32),
-                  "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32)} for _, p in named], 0)
+            opt.masters_from_params()
+            opt.exp_avg.zero_()
+            opt.exp_avg_sq.zero_()
+            opt.step_count = 0
             return meta
-        states = []
-        for n, p in named:
-            s = {k: ckpt.as_local(sd["optim"]["state"][n][k]) for k in ("exp_avg", "exp_avg_sq")}
-            s["master"] = ckpt.as_local(sd["master"][n]) if "master" in sd else p.detach().float()
-            states.append(s)
-        step = meta.get("optimizer_step", meta.get("step", 0))  # unversioned: no skipped steps
-        self.optimizer.load_param_states(states, step)
-        self.scaler.load_state_dict(meta.get("loss_scaler", {}))
+        if "master" in sd:
+            opt.write_params()  # the weights are the masters rounded
+        else:  # fp32 weights are their own masters
+            opt.masters_from_params()
+        opt.step_count = int(meta.get("optimizer_step", meta.get("step", 0)))  # unversioned:
+        self.scaler.load_state_dict(meta.get("loss_scaler", {}))  # no skipped steps
         return meta

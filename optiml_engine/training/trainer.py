@@ -233,7 +233,8 @@ class Trainer:
                 )
                 window = []
             if self.evaluator is not None and self.step % cfg.eval.interval == 0:
-                scores = self.evaluator(self.model, self.engine.chunks, self.step)
+                with self.engine.full_weights():  # ZeRO-3: replica 0 alone runs forwards
+                    scores = self.evaluator(self.model, self.engine.chunks, self.step)
                 self.model.train()
                 self.logger.scalars(self.step, scores, prefix=None)
                 self.logger.info(" | ".join(f"{k} {v:.1f}" for k, v in scores.items()

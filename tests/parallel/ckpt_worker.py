@@ -26,12 +26,12 @@ from optiml_engine.training.engine import Engine
 MICRO = 2
 
 
-def build_engine(tp, pp, dp, sp=False, zero1=False):
+def build_engine(tp, pp, dp, sp=False, shard="none"):
     state.initialize(tp, pp, world_size=tp * pp * dp)
     if not state.in_grid():
         return None
     torch.manual_seed(SEED)
-    return Engine(OPTForCausalLM(tiny_config()), parallel_config(tp, pp, sp, zero1),
+    return Engine(OPTForCausalLM(tiny_config()), parallel_config(tp, pp, sp, shard),
                           optim_config(), precision_config(), SEED)
 
 

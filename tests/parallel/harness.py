@@ -29,10 +29,10 @@ def optim_config() -> OptimConfig:
     return OptimConfig(lr=1e-3, weight_decay=0.1, clip_grad=0.5, warmup_steps=0)
 
 
-def parallel_config(tp=1, pp=1, sp=False, zero1=False, recompute="none", bucket_mb=0.002,
+def parallel_config(tp=1, pp=1, sp=False, shard="none", recompute="none", bucket_mb=0.002,
                     virtual_stages=1):
     # A tiny bucket size so the model's gradients span several buckets.
-    return ParallelConfig(tp=tp, pp=pp, sp=sp, zero1=zero1, recompute=recompute,
+    return ParallelConfig(tp=tp, pp=pp, sp=sp, shard=shard, recompute=recompute,
                           bucket_mb=bucket_mb, virtual_stages=virtual_stages)
 
 

@@ -62,7 +62,7 @@ def run_layout(rank: int, layout: dict, steps, references, micro: int) -> dict |
         drop = layout.get("drop", 0.0)
         cfg = tiny_config(dropout=drop, attention_dropout=drop)
         model = meta_model(cfg, SEED)  # only this rank's part is ever built
-        par = parallel_config(tp, pp, layout.get("sp", False), layout.get("zero1", False),
+        par = parallel_config(tp, pp, layout.get("sp", False), layout.get("shard", "none"),
                               layout.get("recompute", "none"),
                               virtual_stages=layout.get("vs", 1))
         # Chunks of 7 target tokens (several per micro-batch); chunk 0: full logits.
@@ -75,8 +75,10 @@ def run_layout(rank: int, layout: dict, steps, references, micro: int) -> dict |
                                     optim_config().lr, optim_config().clip_grad)
             losses.append(out["loss"])
             norms.append(out["grad_norm"])
-        weight_err = max_weight_error(engine.model, reference_for(references, layout)["weights"],
-                                      tp, grid.tp_rank)
+        with engine.optimizer.buffers.gathered():  # zero3: the whole layers, for the check
+            weight_err = max_weight_error(engine.model,
+                                          reference_for(references, layout)["weights"], tp,
+                                          grid.tp_rank)
         return {"losses": losses, "norms": norms, "weight_err": weight_err,
                 "params": sorted(n for n, _ in engine.model.named_parameters())}
     finally:

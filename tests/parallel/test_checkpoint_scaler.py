@@ -22,12 +22,17 @@ from optiml_engine.distributed.checkpoint import load_weights  # noqa: E402
 WORLD = 4
 SAVES = {
     "tp2pp2sp": dict(tp=2, pp=2, dp=1, sp=True),
-    "pp2dp2zero": dict(tp=1, pp=2, dp=2, zero1=True),
+    "pp2dp2zero": dict(tp=1, pp=2, dp=2, shard="zero1"),
+    "tp2dp2zero3": dict(tp=2, pp=1, dp=2, sp=True, shard="zero3"),
 }
 LOADS = {
     "tp4-from-tp2pp2": (dict(tp=4, pp=1, dp=1), "tp2pp2sp"),
-    "pp2dp2zero-from-tp2pp2": (dict(tp=1, pp=2, dp=2, zero1=True), "tp2pp2sp"),
+    "pp2dp2zero-from-tp2pp2": (dict(tp=1, pp=2, dp=2, shard="zero1"), "tp2pp2sp"),
     "tp2dp2-from-pp2dp2zero": (dict(tp=2, pp=1, dp=2, sp=True), "pp2dp2zero"),
+    # Written from ZeRO-3 slices, read into other slices, whole tensors, or ZeRO-3 again.
+    "pp2dp2zero3-from-tp2pp2": (dict(tp=1, pp=2, dp=2, shard="zero3"), "tp2pp2sp"),
+    "tp2pp2-from-tp2dp2zero3": (dict(tp=2, pp=2, dp=1, sp=True), "tp2dp2zero3"),
+    "dp4zero1-from-tp2dp2zero3": (dict(tp=1, pp=1, dp=4, shard="zero1"), "tp2dp2zero3"),
 }
 
 
@@ -57,13 +62,23 @@ def test_reshard_on_load_gives_the_same_next_losses(runs):
     expected = reshard["save-tp2pp2sp"][0]
     assert len(expected) == 3
     assert all(losses == expected for losses in reshard["save-tp2pp2sp"])  # on every rank
-    for name in ("tp4-from-tp2pp2", "pp2dp2zero-from-tp2pp2"):
+    for name in ("tp4-from-tp2pp2", "pp2dp2zero-from-tp2pp2", "pp2dp2zero3-from-tp2pp2"):
         assert len(reshard[f"load-{name}"]) == WORLD
         for losses in reshard[f"load-{name}"]:
             assert close(losses, expected), name
     zero_expected = reshard["save-pp2dp2zero"][0]
     for losses in reshard["load-tp2dp2-from-pp2dp2zero"]:
         assert close(losses, zero_expected)
+    zero3_expected = reshard["save-tp2dp2zero3"][0]
+    for name in ("tp2pp2-from-tp2dp2zero3", "dp4zero1-from-tp2dp2zero3"):
+        assert len(reshard[f"load-{name}"]) == WORLD
+        for losses in reshard[f"load-{name}"]:
+            assert close(losses, zero3_expected), name
+    one = ckpt_worker.Engine(
+        harness.OPTForCausalLM(harness.tiny_config()), harness.parallel_config(),
+        harness.optim_config(), harness.precision_config(), harness.SEED)
+    one.load(tmp / "tp2dp2zero3")  # ZeRO-3 slices into one process
+    assert close([ckpt_worker.step(one, b)["loss"] for b in after], zero3_expected)
     # ...and in one process without any process group (TP=1, PP=1).
     engine = ckpt_worker.Engine(
         harness.OPTForCausalLM(harness.tiny_config()), harness.parallel_config(),

@@ -30,7 +30,7 @@ LAYOUTS = [
     dict(tp=1, pp=1, dp=1, drop=DROP),
     dict(tp=1, pp=2, dp=1, drop=DROP),
     dict(tp=1, pp=1, dp=2, drop=DROP),
-    dict(tp=1, pp=2, dp=2, zero1=True, drop=DROP),
+    dict(tp=1, pp=2, dp=2, shard="zero1", drop=DROP),
     dict(tp=2, pp=1, dp=1, drop=DROP),
     dict(tp=2, pp=2, dp=2, sp=True, drop=DROP),
     dict(tp=2, pp=1, dp=1, chunk=0),  # the full-logits vocab-parallel loss
@@ -39,22 +39,30 @@ LAYOUTS = [
     dict(tp=2, pp=1, dp=1, sp=True),
     dict(tp=1, pp=2, dp=1),
     dict(tp=1, pp=1, dp=2),
-    dict(tp=1, pp=1, dp=2, zero1=True),
+    dict(tp=1, pp=1, dp=2, shard="zero1"),
     dict(tp=2, pp=2, dp=1, sp=True),
     dict(tp=2, pp=2, dp=1, sp=True, recompute="full"),
     dict(tp=2, pp=1, dp=2, sp=True),
-    dict(tp=2, pp=1, dp=2, sp=True, zero1=True),
+    dict(tp=2, pp=1, dp=2, sp=True, shard="zero1"),
     dict(tp=1, pp=2, dp=2),
-    dict(tp=1, pp=2, dp=2, zero1=True),
+    dict(tp=1, pp=2, dp=2, shard="zero1"),
     dict(tp=2, pp=2, dp=2, sp=True),
-    dict(tp=2, pp=2, dp=2, sp=True, zero1=True),
+    dict(tp=2, pp=2, dp=2, sp=True, shard="zero1"),
+    # ZeRO-3: each layer's weights gathered for its forward and backward, freed after.
+    dict(tp=1, pp=1, dp=2, shard="zero3", drop=DROP),
+    dict(tp=1, pp=2, dp=2, shard="zero3", drop=DROP),
+    dict(tp=2, pp=1, dp=2, sp=True, shard="zero3"),
+    dict(tp=2, pp=2, dp=2, sp=True, shard="zero3"),
+    dict(tp=1, pp=1, dp=2, shard="zero3", recompute="full"),
+    dict(tp=2, pp=2, dp=2, sp=True, shard="zero3", vs=2),
     dict(tp=1, pp=4, dp=1),
     dict(tp=1, pp=2, dp=1, vs=2),  # interleaved 1F1B, 2 virtual stages per rank
     dict(tp=2, pp=2, dp=2, sp=True, vs=2),
 ]
 # bf16 weights with fp32 masters under every layout; compared with bf16 on one process.
 BF16 = [dict(tp=1, pp=1, dp=1, dtype="bf16"), dict(tp=1, pp=2, dp=1, dtype="bf16"),
-        dict(tp=1, pp=1, dp=2, zero1=True, dtype="bf16")]
+        dict(tp=1, pp=1, dp=2, shard="zero1", dtype="bf16"),
+        dict(tp=1, pp=1, dp=2, shard="zero3", dtype="bf16")]
 STEPS, GLOBAL_BATCH, MICRO = 10, 8, 2
 
 
@@ -103,8 +111,8 @@ def test_layout_matches_single_process(results, layout):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bf16_layouts_match_bf16_on_one_process(results):
-    """One precision policy whatever the process count: PP2 and DP2 (ZeRO-1) in bf16 give the
-    losses of one bf16 process within 1e-3 relative over 10 steps, and bf16 stays near fp32."""
+    """One precision policy whatever the process count: PP2 and DP2 (ZeRO-1, ZeRO-3) in bf16 give
+    the losses of one bf16 process within 1e-3 relative over 10 steps, and bf16 stays near fp32."""
     references, per_rank = results
     one = per_rank[0][layouts.layout_name(BF16[0])]["losses"]
     for layout in BF16[1:]:

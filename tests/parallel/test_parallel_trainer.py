@@ -1,7 +1,7 @@
 """The trainer under a parallel layout (its data pipeline, loader slicing, LR schedule, step)
 logs the same losses as the same trainer on one process, resumes a parallel checkpoint in one
 process, and, with dropout 0.1, a run of 6 steps equals 3 + resume + 3 bit for bit under TP2
-and PP2 (RNG streams and data position restored per rank)."""
+and PP2 and ZeRO-3 over 4 ranks (RNG streams and data position restored per rank)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import trainer_worker  # noqa: E402
 
 from optiml_engine.config import load_recipe  # noqa: E402
 
-RESUMED = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"]}
+RESUMED = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2"],
+           "dp4zero3": ["parallel.shard=zero3"]}  # saved from and resumed into ZeRO-3 slices
 RECIPE = """
 model: {vocab_size: 264, hidden_size: 32, num_layers: 4, num_heads: 4, ffn_hidden_size: 64,
         max_position_embeddings: 64, dropout: 0.0}
@@ -41,7 +42,8 @@ def test_parallel_trainer_matches_single_process_trainer(tmp_path):
     runs = {
         "tp2pp2sp": ["parallel.tp=2", "parallel.pp=2", "parallel.sp=true",
                      f"checkpoint.dir={tmp_path / 'ck'}", "checkpoint.interval=2"],
-        "pp2dp2zero": ["parallel.pp=2", "parallel.zero1=true"],
+        "pp2dp2zero": ["parallel.pp=2", "parallel.shard=zero1"],
+        "pp2dp2zero3": ["parallel.pp=2", "parallel.shard=zero3"],
     }
     for name, layout in RESUMED.items():
         common = [*layout, "model.dropout=0.1", "model.attention_dropout=0.1", "train.steps=6"]
@@ -54,7 +56,7 @@ def test_parallel_trainer_matches_single_process_trainer(tmp_path):
     want = [m["loss"] for m in reference]
     for rank in range(4):
         got = json.loads((tmp_path / f"trainer{rank}.json").read_text())
-        for name in ("tp2pp2sp", "pp2dp2zero"):
+        for name in ("tp2pp2sp", "pp2dp2zero", "pp2dp2zero3"):
             losses = [m["loss"] for m in got[name]]
             assert max(abs(a - b) / b for a, b in zip(losses, want, strict=True)) < 1e-5, name
         for name in RESUMED:  # bit for bit, with dropout on

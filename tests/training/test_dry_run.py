@@ -69,7 +69,7 @@ def test_small_model_counts_by_hand(capsys, tp, pp, zero1):
                  "model.num_heads=4", "model.max_position_embeddings=32",
                  "data.seq_length=16", "train.global_batch_size=8", "train.micro_batch_size=1",
                  f"parallel.tp={tp}",
-                 f"parallel.pp={pp}", f"parallel.zero1={str(zero1).lower()}",
+                 f"parallel.pp={pp}", f"parallel.shard={'zero1' if zero1 else 'none'}",
                  "precision.dtype=bf16"]
     assert main(["train", "recipes/demo.yaml", "--dry-run", "--gpus", str(2 * tp * pp),
                  *overrides]) == 0
