@@ -135,7 +135,7 @@ def main(argv: list[str]) -> int:
         print(f"skipped {len(which)} layouts ({', '.join(which[:6])}"
               f"{', ...' if len(which) > 6 else ''}): {why}")
     print("GiB per GPU: weights + gradients, fp32 master + Adam moments, and the peak over "
-          "forward/backward, gradient sync, optimizer step and checkpoint save (docs/planner.md)")
+          "forward/backward, optimizer step and checkpoint save (docs/planner.md)")
     for text in args.show:
         tp_, pp_, dp_, shard = parse_layout(text)
         match = [x for x in plans if (x.tp, x.pp, x.dp, x.shard) == (tp_, pp_, dp_, shard)]

@@ -101,7 +101,7 @@ def dry_run(recipe, gpus: int | None = None, out=print) -> int:
         "replicas hold the same shapes as dp rank 0")
     if shard == "zero3":  # its per-rank layout is the ZeRO-3 engine's to define
         out("dry run: zero3 shards weights over data-parallel ranks: the counts below are not "
-            "compared with the planner's (planned mode)")
+            "compared with the planner's (its gathered-layer buffers are not modelled per rank)")
     out(f"{'rank':>5} {'tp':>3} {'pp':>3} {'parameters':>14} {'weights GiB':>12} "
         f"{'optimizer GiB':>14} {'planner':>14}")
     mismatches = []

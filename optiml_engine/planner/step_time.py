@@ -17,7 +17,7 @@ Per data-parallel rank, with m micro-batches per step, each stage holding L / pp
     pipeline     the 1F1B bubble, (pp - 1) / v of one micro-batch's forward + backward, plus
                  the blocking point-to-point activation and gradient of each micro-batch
     data par.    none: the bucketed all-reduce of w bytes per parameter, hidden behind the
-                 last micro-batch's backward as far as it lasts; zero1 (today): reduce-scatter
+                 last micro-batch's backward as far as it lasts; zero1: reduce-scatter
                  of the fp32 flat gradients then all-gather of the weights, after backward;
                  zero3: all-gather of the weights for forward and for backward and
                  reduce-scatter of the gradients, each micro-batch, overlapped with compute
