@@ -105,6 +105,7 @@ def realistic_main(recipe, args) -> int:
         engine, seen = engine_throughput(recipe, args.steps, args.warmup, examples,
                                          profile=args.profile)
         rows["engine"].append(engine["target_tokens_per_s"])
+        _said(len(rows["engine"]), "engine", rows["engine"][-1])
         timed = seen[args.warmup :]
         needed = sum(step_flops(recipe.model, step) for step in timed)
         targets = engine["target_tokens"]
@@ -119,6 +120,7 @@ def realistic_main(recipe, args) -> int:
             hf = hf_throughput(recipe, None, args.warmup,
                                steps_batches=warm_batches + order(rest, micro, seed))
             rows[name].append(hf["target_tokens_per_s"])
+            _said(len(rows[name]), f"transformers {name}", rows[name][-1])
         gc.collect()
     mm.append(matmul_rate())
     load.append(os.getloadavg())
@@ -151,6 +153,12 @@ def realistic_main(recipe, args) -> int:
         print(f"| {label} | {' / '.join(f'{x:.1f}' for x in rows[key])} | {best:.1f} | "
               f"{best_engine / best:.2f}x | {flops / 1e9:.1f} | {100 * flops / rate:.0f}% |")
     return 0
+
+
+def _said(round_: int, loop: str, tps: float) -> None:
+    """A round's figure as soon as it exists: a run cut short still leaves them."""
+    print(f"round {round_}: {loop} {tps:.1f} target tok/s (load {_load(os.getloadavg())})",
+          flush=True)
 
 
 def _load(avg) -> str:
