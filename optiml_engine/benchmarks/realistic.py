@@ -88,7 +88,7 @@ def _cut(examples, sizes, micro):
 def realistic_main(recipe, args) -> int:
     """The three loops on the same examples, `args.repeats` rounds interleaved (engine, random,
     grouped, engine, ...) so that load from other jobs hits each alike; the fp32 mm rate before
-    the first round and after the last (the higher kept); the load average next to each."""
+    every round and after the last (the highest kept); the load average next to each."""
     from optiml_engine.benchmarks.train import engine_throughput, hf_throughput, unpack
     from optiml_engine.model.flops import step_flops
 
@@ -101,10 +101,13 @@ def realistic_main(recipe, args) -> int:
     micro = args.hf_micro_batch
     rows: dict[str, list[float]] = {"engine": [], "random": [], "grouped": []}
     needed = targets = per_step = 0.0
-    for _ in range(args.repeats):
+    for round_ in range(args.repeats):
+        if round_:
+            mm.append(matmul_rate())  # each round next to its own mm rate
         engine, seen = engine_throughput(recipe, args.steps, args.warmup, examples,
                                          profile=args.profile)
         rows["engine"].append(engine["target_tokens_per_s"])
+        _said(len(rows["engine"]), "engine", rows["engine"][-1])
         timed = seen[args.warmup :]
         needed = sum(step_flops(recipe.model, step) for step in timed)
         targets = engine["target_tokens"]
@@ -119,6 +122,7 @@ def realistic_main(recipe, args) -> int:
             hf = hf_throughput(recipe, None, args.warmup,
                                steps_batches=warm_batches + order(rest, micro, seed))
             rows[name].append(hf["target_tokens_per_s"])
+            _said(len(rows[name]), f"transformers {name}", rows[name][-1])
         gc.collect()
     mm.append(matmul_rate())
     load.append(os.getloadavg())
@@ -135,7 +139,7 @@ def realistic_main(recipe, args) -> int:
     print(f"load average (1/5/15 min): before {_load(load[0])}, after {_load(load[-1])}")
     print(f"needed FLOPs (model/flops.py): {needed / max(targets, 1) / 1e6:.1f} MFLOP per target "
           f"token | fp32 torch.mm 2048^3: {' / '.join(f'{x / 1e9:.1f}' for x in mm)} GFLOP/s "
-          f"(before / after; {rate / 1e9:.1f} kept)")
+          f"(before each round, after the last; {rate / 1e9:.1f} kept)")
     print()
     print("| loop | target tok/s per round | best | engine / loop (best) | needed GFLOP/s (best) "
           "| of fp32 mm |")
@@ -151,6 +155,12 @@ def realistic_main(recipe, args) -> int:
         print(f"| {label} | {' / '.join(f'{x:.1f}' for x in rows[key])} | {best:.1f} | "
               f"{best_engine / best:.2f}x | {flops / 1e9:.1f} | {100 * flops / rate:.0f}% |")
     return 0
+
+
+def _said(round_: int, loop: str, tps: float) -> None:
+    """A round's figure as soon as it exists: a run cut short still leaves them."""
+    print(f"round {round_}: {loop} {tps:.1f} target tok/s (load {_load(os.getloadavg())})",
+          flush=True)
 
 
 def _load(avg) -> str:

@@ -30,7 +30,11 @@ def segment_attention(q, k, v, doc_ids, dropout_p: float = 0.0, scale=None):
     # of short examples. Reads past the very last token (the last run's rounding) are clamped:
     # like all rounding they sit after the run's real tokens, so causal queries never see them.
     index = positions.clamp_max(total - 1)
-    gathered = [t.reshape(total, h, d).index_select(0, index) for t in (q, k, v)]
+    # Every token is the real slot of exactly one run (padding is a run too): `source` maps
+    # tokens to their slot, so both directions are gathers and no backward scatters.
+    source = torch.empty(total, dtype=torch.long, device=q.device)
+    source[positions[real]] = real.nonzero().flatten()
+    gathered = [_Gather.apply(t.reshape(total, h, d), index, source, None) for t in (q, k, v)]
     # split, not slices: a slice's backward zero-fills a full-size buffer per bucket, split's
     # is one cat of the buckets' gradients
     slots = [n * size for size, n in zip(sizes, counts, strict=True)]
@@ -40,10 +44,31 @@ def segment_attention(q, k, v, doc_ids, dropout_p: float = 0.0, scale=None):
         out = F.scaled_dot_product_attention(*chunk, dropout_p=dropout_p, scale=scale,
                                              is_causal=True)
         outs.append(out.transpose(1, 2).reshape(n * size, h, d))
-    # Every real token is one row of the concatenation: read them back in token order.
-    source = torch.empty(total, dtype=torch.long, device=q.device)
-    source[positions[real]] = real.nonzero().flatten()
-    return torch.cat(outs).index_select(0, source).view(b, s, h, d)
+    # Read the real slots back in token order; padded slots get a zero gradient.
+    return _Gather.apply(torch.cat(outs), source, index, real).view(b, s, h, d)
+
+
+class _Gather(torch.autograd.Function):
+    """Rows `x[forward_index]`, whose gradient is `grad[backward_index]` (zeroed where
+    `keep` is false) instead of a scatter-add into a zeroed buffer.
+
+    Exact here because the two indices are inverse on the rows that carry a gradient: a slot
+    past its run's end gets a zero output gradient (its output is never read back), so in
+    SDPA's backward its query gradient is exactly 0, and it is a key that no real query of its
+    run may see, so its key and value gradients are exactly 0: dropping them adds nothing."""
+
+    @staticmethod
+    def forward(ctx, x, forward_index, backward_index, keep):
+        ctx.save_for_backward(backward_index, keep)
+        return x.index_select(0, forward_index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        backward_index, keep = ctx.saved_tensors
+        out = grad.index_select(0, backward_index)
+        if keep is not None:
+            out.masked_fill_(~keep[:, None, None], 0.0)
+        return out, None, None, None
 
 
 def _bucketed_positions(doc_ids, device):
