@@ -3,6 +3,7 @@ step's values bit for bit (the synchronous save's), resumes to the same losses, 
 is raised, and a run killed while a write is pending keeps its previous checkpoint as `latest`.
 The reference each time is the synchronous save (dcp.save on the caller's thread)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -170,3 +171,40 @@ def test_a_run_killed_during_an_async_save_resumes_from_the_previous_one(tiny_re
     reference.fit()
     for k, v in reference.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[k], v), k
+
+
+TWO_RANKS = """
+model: {vocab_size: 264, hidden_size: 32, num_layers: 2, num_heads: 4, ffn_hidden_size: 64,
+        max_position_embeddings: 64, dropout: 0.1}
+data: {synthetic: true, synthetic_examples: 64, tokenizer: byte, seq_length: 64}
+optim: {lr: 1.0e-3, warmup_steps: 1}
+train: {steps: 3, seed: 3, micro_batch_size: 2, global_batch_size: 8}
+checkpoint: {interval: 2}
+logging: {interval: 100}
+"""
+
+
+@pytest.mark.timeout(300)
+def test_two_gloo_ranks_write_the_synchronous_checkpoints_in_the_background(tmp_path):
+    """TP2 (DTensor slices) and DP2 ZeRO-1 (flat runs of the optimizer state): the background
+    write's own process group, the copies of both kinds of tensors."""
+    sys.path.insert(0, str(REPO / "tests" / "parallel"))
+    import harness
+    import trainer_worker
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(TWO_RANKS)
+    layouts = {"tp2": ["parallel.tp=2"], "zero1": ["parallel.shard=zero1"]}
+    runs = {f"{name}-{mode}": [*extra, f"checkpoint.dir={tmp_path / name / mode}",
+                               f"checkpoint.async_save={str(mode == 'async').lower()}"]
+            for name, extra in layouts.items() for mode in ("sync", "async")}
+    harness.spawn(trainer_worker.worker, 2, str(recipe), runs, str(tmp_path))
+    losses = json.loads((tmp_path / "trainer0.json").read_text())
+    for name in layouts:
+        assert [m["loss"] for m in losses[f"{name}-async"]] == \
+            [m["loss"] for m in losses[f"{name}-sync"]]
+        for step in ("step_0000002", "step_0000003"):
+            async_dir, sync_dir = (tmp_path / name / m / step for m in ("async", "sync"))
+            assert ckpt.corruption(async_dir) is None
+            assert_same(saved_tensors(async_dir, tmp_path / "a.pt"),
+                        saved_tensors(sync_dir, tmp_path / "s.pt"))
