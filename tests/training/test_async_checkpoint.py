@@ -136,7 +136,8 @@ from optiml_engine.training.trainer import Trainer
 
 write, marker = FileSystemWriter.write_data, Path(sys.argv[1])
 def stuck(self, plan, planner):  # the second background write never ends: killed meanwhile
-    if threading.current_thread() is not threading.main_thread() and "step_0000002" in str(self.path):
+    background = threading.current_thread() is not threading.main_thread()
+    if background and "step_0000002" in str(self.path):
         marker.write_text("writing")
         time.sleep(600)
     return write(self, plan, planner)
