@@ -25,13 +25,14 @@ from optiml_engine.distributed.flat_chunks import FlatChunks, FlatChunksSavePlan
 
 
 def _copy(t: torch.Tensor) -> torch.Tensor:
+    """A host copy (a GPU's memory is not doubled), made before this returns."""
     t = t.detach()
-    if hasattr(t, "to_local"):  # a DTensor: its local slice copied, its placement kept
-        from torch.distributed.tensor import DTensor
+    if hasattr(t, "to_local"):  # a DTensor: its local slice copied, its placement kept (on
+        from torch.distributed.tensor import DTensor  # the mesh's device: from_local moves it)
 
         return DTensor.from_local(t.to_local().clone(), t.device_mesh, t.placements,
                                   run_check=False, shape=t.shape, stride=t.stride())
-    return t.clone()
+    return t.to("cpu", copy=True)
 
 
 def staged_copy(tree):
@@ -40,7 +41,7 @@ def staged_copy(tree):
         return {k: staged_copy(v) for k, v in tree.items()}
     if isinstance(tree, FlatChunks):
         out = FlatChunks([], (), tree.global_shape, ())
-        out.boxes = [(o, s, t.clone()) for o, s, t in tree.boxes]
+        out.boxes = [(o, s, _copy(t)) for o, s, t in tree.boxes]
         return out
     if isinstance(tree, torch.Tensor):
         return _copy(tree)
