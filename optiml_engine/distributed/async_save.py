@@ -52,8 +52,7 @@ class CopyStager:
     """DCP's AsyncStager protocol: the copy is made synchronously, in `stage` (DCP's default
     stager knows nothing of FlatChunks)."""
 
-    _synchronize_after_execute = False  # nothing left to synchronize after `stage`
-    should_synchronize_after_execute = False
+    should_synchronize_after_execute = False  # nothing is left to wait for after `stage`
 
     def stage(self, state_dict: dict) -> dict:
         return staged_copy(state_dict)
