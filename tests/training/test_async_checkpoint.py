@@ -209,3 +209,18 @@ def test_two_gloo_ranks_write_the_synchronous_checkpoints_in_the_background(tmp_
             assert ckpt.corruption(async_dir) is None
             assert_same(saved_tensors(async_dir, tmp_path / "a.pt"),
                         saved_tensors(sync_dir, tmp_path / "s.pt"))
+
+
+def test_the_finiteness_check_before_a_save_is_exact():
+    """Its fast path (a finite sum) falls back to the elementwise test when the sum overflows."""
+    from optiml_engine.distributed.integrity import non_finite
+
+    big = torch.full((4,), 3e38)  # finite, but sums to inf in fp32
+    assert not torch.isfinite(big.sum())
+    assert non_finite({"a": big, "b": torch.ones(3)}, lambda t: t) is None
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        t = torch.ones(5)
+        t[3] = bad
+        assert non_finite({"a": torch.ones(2), "b": {"c": t}}, lambda t: t) == "b.c"
+    half = torch.full((8,), 60000.0, dtype=torch.float16)  # its sum overflows fp16
+    assert non_finite({"h": half}, lambda t: t) is None
