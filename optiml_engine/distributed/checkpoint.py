@@ -24,6 +24,10 @@ runs of each tensor (distributed/flat_chunks.py: DCP boxes under the same names 
 shapes), without all-gathering or copying it; the format is unchanged (DCP reads any chunking),
 so checkpoints of every version load into every layout and sharding.
 
+save(..., blocking=False) (checkpoint.async_save) copies the tensors and writes them from a
+background thread (distributed/async_save.py); everything after the data write waits for
+PendingSave.wait().
+
 Formats read: FORMAT, "optiml-parallel-1" (the parallel trainer's) and the unversioned
 single-process one; their tensor names are the same (model.*, optim.state.<name>.exp_avg...).
 """
