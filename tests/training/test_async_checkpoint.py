@@ -114,6 +114,7 @@ def test_a_failed_background_write_is_raised_and_latest_stays(tiny_recipe, tmp_p
     trainer.save()
     trainer.wait_for_save()
     gate.clear()
+    entered.clear()
     trainer.train_step()
     trainer.save()  # step 2: pending, its writer held at the gate
     assert entered.wait(60)
