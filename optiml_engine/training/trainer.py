@@ -262,7 +262,7 @@ class Trainer:
 
     def save(self) -> Path:
         """Write a checkpoint of this step (checkpoint.async_save: in the background, after
-        finishing the previous one)."""
+        finishing the previous one; the path returned is complete after wait_for_save)."""
         self.wait_for_save()
         cfg = self.recipe
         path = Path(cfg.checkpoint.dir) / f"step_{self.step:07d}"
