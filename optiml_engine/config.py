@@ -263,6 +263,9 @@ class CheckpointConfig:
                        "loading it (false: faster, trusts the disk)", True)
     save_initial: bool = doc(
         "also write the untrained model to checkpoint.dir/initial (a baseline to evaluate)", False)
+    async_save: bool = doc(
+        "write checkpoints in the background (dcp.async_save): the step's tensors are copied, "
+        "training goes on, the checkpoint is finished before the next save, a load or exit", False)
 
 
 @dataclass

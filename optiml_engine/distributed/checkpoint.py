@@ -24,6 +24,10 @@ runs of each tensor (distributed/flat_chunks.py: DCP boxes under the same names 
 shapes), without all-gathering or copying it; the format is unchanged (DCP reads any chunking),
 so checkpoints of every version load into every layout and sharding.
 
+save(..., blocking=False) (checkpoint.async_save) copies the tensors and writes them from a
+background thread (distributed/async_save.py); everything after the data write waits for
+PendingSave.wait().
+
 Formats read: FORMAT, "optiml-parallel-1" (the parallel trainer's) and the unversioned
 single-process one; their tensor names are the same (model.*, optim.state.<name>.exp_avg...).
 """
@@ -31,6 +35,8 @@ single-process one; their tensor names are the same (model.*, optim.state.<name>
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import json
 import logging
 import shutil
@@ -43,6 +49,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
 from optiml_engine.distributed import integrity, state
+from optiml_engine.distributed.async_save import PendingSave, start_async_save
 from optiml_engine.distributed.flat_chunks import (
     FlatChunks,
     FlatChunksLoadPlanner,
@@ -281,11 +288,13 @@ def layout() -> dict[str, int]:
 
 def save(path: str | Path, tensors: dict, meta: dict, *, kind: str = "train",
          with_rng: bool = True, recipe_yaml: str | None = None,
-         keep_last: int | None = None) -> Path:
+         keep_last: int | None = None, blocking: bool = True) -> Path | PendingSave:
     """Write `tensors` (nested dicts of this rank's tensors / DTensors) and `meta` to `path`
     atomically; every rank of the grid calls it. Refuses (Diverged) to write non-finite values.
     With keep_last, rotate the checkpoints of this run (`meta["run"]`) in path's directory:
-    never the one just written, never another run's."""
+    never the one just written, never another run's. blocking=False (checkpoint.async_save):
+    the tensors are copied now and written in the background; the returned PendingSave's
+    `wait()` (every rank, together) finishes the checkpoint."""
     path = Path(path)
     bad = integrity.non_finite(_checkable(tensors), as_local)
     if bad is not None:
@@ -296,12 +305,24 @@ def save(path: str | Path, tensors: dict, meta: dict, *, kind: str = "train",
     if rank == 0 and tmp.exists():
         shutil.rmtree(tmp)
     _barrier()
-    with _quiet_single_process():
-        dcp.save(tensors, checkpoint_id=str(tmp), process_group=state.world_group(),
-                 planner=FlatChunksSavePlanner())
-    if with_rng:
-        _rng_file(tmp, rank).parent.mkdir(exist_ok=True)
+    if with_rng:  # this step's streams, before training draws from them again
+        _rng_file(tmp, rank).parent.mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), _rng_file(tmp, rank))
+    finish = functools.partial(_finish, tmp, path, kind, copy.deepcopy(meta), recipe_yaml,
+                               keep_last)
+    if blocking:
+        with _quiet_single_process():
+            dcp.save(tensors, checkpoint_id=str(tmp), process_group=state.world_group(),
+                     planner=FlatChunksSavePlanner())
+        return finish()
+    return start_async_save(tensors, tmp, finish, path)
+
+
+def _finish(tmp: Path, path: Path, kind: str, meta: dict, recipe_yaml: str | None,
+            keep_last: int | None) -> Path:
+    """After every rank's tensors are in `tmp`: the recipe, checksums, meta.json (last), the
+    rename into place and the rotation."""
+    rank = state.global_rank()
     _barrier()
     if rank == 0 and recipe_yaml is not None:
         (tmp / RECIPE).write_text(recipe_yaml)

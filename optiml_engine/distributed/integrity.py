@@ -42,6 +42,13 @@ def checksums(path: Path) -> dict[str, str]:
     return {k: v for part in gather(mine) for k, v in part.items()}
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """A finite sum means every element is finite (an inf or NaN makes any sum inf or NaN):
+    one pass without a mask, ~15x faster than isfinite().all(), which stalled every save; a
+    sum that overflows is checked element by element."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def non_finite(tensors: dict, as_local, prefix: str = "") -> str | None:
     """The first floating tensor holding inf/NaN on any rank (its name), else None."""
     found = None
@@ -50,7 +57,7 @@ def non_finite(tensors: dict, as_local, prefix: str = "") -> str | None:
         if isinstance(value, dict):
             found = found or non_finite(value, as_local, f"{name}.")
         elif isinstance(value, torch.Tensor) and value.is_floating_point() and found is None:
-            if not bool(torch.isfinite(as_local(value)).all()):
+            if not _all_finite(as_local(value)):
                 found = name
     if prefix:
         return found

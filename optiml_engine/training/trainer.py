@@ -82,6 +82,7 @@ class Trainer:
                                     console=verbose and self.grid.rank == 0)
         self.run_id = uuid.uuid4().hex[:12]  # rotation deletes only this run's checkpoints
         self.lock = None
+        self.pending_save = None  # checkpoint.async_save: the checkpoint being written
         try:
             self._start(recipe, make_evaluator)
         except BaseException:
@@ -197,11 +198,21 @@ class Trainer:
         try:
             return self._fit()
         finally:
-            self.logger.close()
-            self.close()
+            try:
+                self.wait_for_save()  # also after a failure: that checkpoint is good
+            finally:
+                self.logger.close()
+                self.close()
 
     def close(self) -> None:
-        """Give back the checkpoint directory and the grid this trainer took."""
+        """Finish a checkpoint being written, then give back the checkpoint directory and the
+        grid this trainer took."""
+        try:
+            self.wait_for_save()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -244,22 +255,38 @@ class Trainer:
                 (interval and self.step % interval == 0) or self.step == last
             ):
                 self.save()
+        self.wait_for_save()
         return self.history
 
     # -- checkpoints ------------------------------------------------------------------------
 
     def save(self) -> Path:
+        """Write a checkpoint of this step (checkpoint.async_save: in the background, after
+        finishing the previous one; the path returned is complete after wait_for_save)."""
+        self.wait_for_save()
         cfg = self.recipe
         path = Path(cfg.checkpoint.dir) / f"step_{self.step:07d}"
         meta = {"step": self.step, "run": self.run_id, "loader": self.loader.state_dict(),
                 **self.engine.meta(), "recipe": dataclasses.asdict(cfg),
                 "model_config": dataclasses.asdict(self.engine.config)}
-        ckpt.save(path, self.engine.tensors(), meta, recipe_yaml=cfg.to_yaml(),
-                  keep_last=cfg.checkpoint.keep_last)
-        self.logger.info(f"saved checkpoint {path}")
+        done = ckpt.save(path, self.engine.tensors(), meta, recipe_yaml=cfg.to_yaml(),
+                         keep_last=cfg.checkpoint.keep_last,
+                         blocking=not cfg.checkpoint.async_save)
+        if isinstance(done, ckpt.PendingSave):
+            self.pending_save = done
+        else:
+            self.logger.info(f"saved checkpoint {path}")
         return path
 
+    def wait_for_save(self) -> None:
+        """Finish the checkpoint being written in the background, if any; its write's failure
+        is raised here (once)."""
+        pending, self.pending_save = self.pending_save, None
+        if pending is not None:
+            self.logger.info(f"saved checkpoint {pending.wait()}")
+
     def resume(self, path: Path) -> None:
+        self.wait_for_save()
         latest = self.recipe.checkpoint.load == "latest"
         meta = ckpt.read_meta(path)
         if latest and meta.get("kind") == "train":
