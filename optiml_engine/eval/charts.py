@@ -33,11 +33,7 @@ def level_bars(summary: dict, path: str | Path, metric: str = "score") -> Path:
     ax.set_ylim(0, 105)
     ax.set_title("Generalization levels")
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def history_lines(history: list[dict], path: str | Path) -> Path:
@@ -52,6 +48,11 @@ def history_lines(history: list[dict], path: str | Path) -> Path:
     ax.set_title("Evaluations during training")
     if names:
         ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write `fig` as a PNG at `path` and free it (pyplot keeps every open figure)."""
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optiml_engine.eval.charts import plt
+from optiml_engine.eval.charts import plt, save_figure
 
 
 def swept_lines(agg: dict, key: str, path: str | Path) -> Path:
@@ -27,8 +27,4 @@ def swept_lines(agg: dict, key: str, path: str | Path) -> Path:
     ax.set_ylabel("score (0-100)")
     ax.set_title(f"Levels against {key} (mean ± std over seeds)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
