@@ -11,7 +11,7 @@ that a ring all-reduce of B bytes over n ranks takes 2 (n - 1) / n * B / busbw:
 `matmul_efficiency` is the fraction of the peak the model's GEMMs reach (cuBLAS reaches 70-85% on
 large bf16 GEMMs; tensor-parallel shards are narrower, so the low end). It is an assumption, not
 a measurement of this repository (no GPU measured it yet): `optiml plan --matmul-efficiency`
-overrides it. The same peaks are model/flops.py's PEAK_TFLOPS (MFU logging).
+overrides it. The bf16 peaks are model/flops.py's PEAK_TFLOPS, the table MFU logging uses.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from optiml_engine.errors import OptimlError
+from optiml_engine.model.flops import PEAK_TFLOPS
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,10 @@ class GPU:
 
 
 GPUS: dict[str, GPU] = {
-    "a100-40gb": GPU("A100-SXM4-40GB", 39.4, 312.0, 19.5, 1555.0, 230.0, 23.0),
-    "a100-80gb": GPU("A100-SXM4-80GB", 79.2, 312.0, 19.5, 2039.0, 230.0, 23.0),
-    "h100": GPU("H100-SXM5-80GB", 79.1, 989.0, 67.0, 3350.0, 370.0, 45.0),
-    "h200": GPU("H200-SXM-141GB", 139.8, 989.0, 67.0, 4800.0, 370.0, 45.0),
+    "a100-40gb": GPU("A100-SXM4-40GB", 39.4, PEAK_TFLOPS["a100-40gb"], 19.5, 1555.0, 230.0, 23.0),
+    "a100-80gb": GPU("A100-SXM4-80GB", 79.2, PEAK_TFLOPS["a100-80gb"], 19.5, 2039.0, 230.0, 23.0),
+    "h100": GPU("H100-SXM5-80GB", 79.1, PEAK_TFLOPS["h100"], 67.0, 3350.0, 370.0, 45.0),
+    "h200": GPU("H200-SXM-141GB", 139.8, PEAK_TFLOPS["h200"], 67.0, 4800.0, 370.0, 45.0),
 }
 
 # Of a GPU's memory, what the allocator can give to tensors: the CUDA context, NCCL's buffers

@@ -31,17 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-try:  # the engine's one FLOP formula (issue 16, item 5)
-    from optiml_engine.model.flops import training_flops
-except ImportError:  # before model/flops.py lands: the same formula, kept here
-    def training_flops(cfg, real_tokens: int, target_tokens: int, pairs: int) -> float:
-        h, f = cfg.hidden_size, cfg.ffn_hidden_size
-        blocks = cfg.num_layers * (4 * h * h + 2 * h * f)
-        if cfg.word_embed_proj_dim != h:
-            blocks += 2 * h * cfg.word_embed_proj_dim
-        return (6.0 * blocks * real_tokens
-                + 6.0 * cfg.word_embed_proj_dim * cfg.vocab_size * target_tokens
-                + 12.0 * cfg.num_layers * h * pairs)
+from optiml_engine.model.flops import training_flops  # the engine's one FLOP formula
 
 
 @dataclass

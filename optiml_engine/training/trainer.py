@@ -255,8 +255,7 @@ class Trainer:
                 (interval and self.step % interval == 0) or self.step == last
             ):
                 self.save()
-        self.wait_for_save()
-        return self.history
+        return self.history  # fit() finishes a checkpoint still being written
 
     # -- checkpoints ------------------------------------------------------------------------
 
