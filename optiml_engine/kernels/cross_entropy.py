@@ -34,7 +34,7 @@ def shard_stats(logits, targets, weights, vocab_start: int = 0, backend: str = "
             logits, targets, weights, vocab_start, write_grad=False)
         return mx, sumexp, target_logit
     x = logits.reshape(-1, logits.shape[-1]).float()
-    mx = x.max(dim=-1).values
+    mx = x.amax(dim=-1)  # values only: max(dim) also builds the indices, 5x the time
     sumexp = torch.sub(x, mx[:, None]).exp_().sum(dim=-1)  # one temporary, not two
     local = targets.reshape(-1) - vocab_start
     in_shard = (local >= 0) & (local < x.shape[-1])
@@ -66,7 +66,7 @@ def loss_and_grad(logits, targets, weights, backend: str = "torch"):
         return loss.sum(), dlogits
     # One exp pass: the shifted exponentials give both the sum and (rescaled) the softmax.
     x = logits.reshape(-1, logits.shape[-1]).float()
-    mx = x.max(dim=-1).values
+    mx = x.amax(dim=-1)
     rows = torch.arange(x.shape[0], device=x.device)
     targets = torch.where(weights != 0, targets.reshape(-1), 0)  # unweighted labels may be -100
     target_logit = x[rows, targets]

@@ -49,7 +49,10 @@ class LinearCrossEntropy(torch.autograd.Function):
             h, targets, weights = h_all[rows], targets[rows], weights[rows]
             w = weight.to(dtype)
             grad_h = torch.empty_like(h)
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            # The first chunk's product is written into grad_w, later ones added: no zero-filled
+            # [V, H] fp32 buffer (the size of the output embedding) to read back once more.
+            new_w = torch.zeros if h.shape[0] == 0 else torch.empty
+            grad_w = new_w(weight.shape, dtype=torch.float32, device=weight.device)
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for lo in range(0, h.shape[0], chunk_size):
                 h_c, t_c, w_c = h[lo:lo + chunk_size], targets[lo:lo + chunk_size], \
@@ -65,20 +68,30 @@ class LinearCrossEntropy(torch.autograd.Function):
                 del logits
                 total += loss
                 torch.mm(dlogits, w, out=grad_h[lo:lo + chunk_size])
-                grad_w.addmm_(dlogits.T.float(), h_c.float())
+                if lo == 0:
+                    torch.mm(dlogits.T.float(), h_c.float(), out=grad_w)
+                else:
+                    grad_w.addmm_(dlogits.T.float(), h_c.float())
                 del dlogits  # before the next chunk's logits exist
             grad_h = torch.zeros_like(h_all).index_copy_(0, rows, grad_h)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         ctx.hidden_shape = hidden.shape
+        ctx.scaled = False
         return total
 
     @staticmethod
     def backward(ctx, grad_loss):
+        # Scaled in place: the stored gradients are ours alone, and an out-of-place product
+        # would be one more [V, H] fp32 buffer. So a second backward (retain_graph) is refused.
+        if ctx.scaled:
+            raise RuntimeError("linear_cross_entropy: backward through the same graph twice is "
+                               "not supported (its stored gradients are scaled in place)")
+        ctx.scaled = True
         grad_h, grad_w = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
-        grad_hidden = (grad_h * grad_loss.to(grad_h.dtype)).to(hidden_dtype)
-        grad_weight = (grad_w * grad_loss).to(weight_dtype)
+        grad_hidden = grad_h.mul_(grad_loss.to(grad_h.dtype)).to(hidden_dtype)
+        grad_weight = grad_w.mul_(grad_loss).to(weight_dtype)
         return (grad_hidden.view(ctx.hidden_shape), grad_weight,
                 None, None, None, None, None, None, None)
 
