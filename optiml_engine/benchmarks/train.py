@@ -31,6 +31,15 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _minor_faults() -> int:
+    """Pages this process has faulted in so far (0 where getrusage does not exist)."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def engine_throughput(recipe, steps: int, warmup: int, examples=None,
                       profile: str | None = None) -> tuple[dict, list]:
     """The engine's figures over the timed steps, and the micro-batches of every step.
@@ -69,7 +78,7 @@ def engine_throughput(recipe, steps: int, warmup: int, examples=None,
                 stack.enter_context(named_parts(trainer))
                 prof = stack.enter_context(torch.profiler.profile(
                     activities=[torch.profiler.ProfilerActivity.CPU]))
-            target, start = 0.0, time.perf_counter()
+            faults, target, start = _minor_faults(), 0.0, time.perf_counter()
             for _ in range(steps):
                 with torch.profiler.record_function("train_step"):
                     out = trainer.train_step()
@@ -77,10 +86,11 @@ def engine_throughput(recipe, steps: int, warmup: int, examples=None,
                 losses.append(out["loss"])
             _sync()
             seconds = time.perf_counter() - start
+            faults = _minor_faults() - faults
         if profile:
             from optiml_engine.benchmarks.profile_step import write_profile
 
-            write_profile(prof, profile, steps, seconds)
+            write_profile(prof, profile, steps, seconds, faults)
     finally:
         trainer.close()  # gives back the grid (and a checkpoint.dir lock) it took
     timed = [b for step in seen[warmup:] for b in step]
