@@ -149,7 +149,6 @@ def test_a_batch_without_targets_has_zero_loss_and_grads():
     assert h.grad.abs().max() == 0.0 and w.grad.abs().max() == 0.0
 
 
-
 def test_a_second_backward_through_the_same_graph_is_refused():
     """The stored gradients are scaled in place in backward: a second pass would scale them
     twice, so it must fail loudly instead of returning wrong gradients."""
@@ -157,10 +156,11 @@ def test_a_second_backward_through_the_same_graph_is_refused():
     h, w = (t.clone().requires_grad_() for t in (hidden, weight))
     loss = linear_cross_entropy(h, w, targets, loss_mask, chunk_size=8, backend="torch")
     (loss / 3).backward(retain_graph=True)
-    ref_loss, ref_h, ref_w = reference(hidden, weight, targets, loss_mask)
+    _, _, ref_w = reference(hidden, weight, targets, loss_mask)
     torch.testing.assert_close(w.grad, ref_w, atol=1e-6, rtol=1e-5)
     with pytest.raises(RuntimeError, match="backward through the same graph twice"):
         (loss / 3).backward()
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
